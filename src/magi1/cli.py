@@ -1,0 +1,248 @@
+"""`magi1 ...`: a thin command line over the library.
+
+Flags are parsed, validated and turned into a config before any weights are read, so a wrong path or an
+impossible size fails in a second, not after loading tens of gigabytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("magi1")
+
+DEFAULT_PROMPT = "a red ball and a blue square bounce on the floor"
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- generate
+def add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="make a video (t2v, i2v or v2v); the embedded demo model when no config is given",
+        description="Generate a video chunk by chunk, appending each chunk to the output file as soon as it is clean.",
+    )
+    # The official flags, spelled as the official entry point spells them.
+    p.add_argument("--config_file", default="demo",
+                   help="official config JSON, or a preset name (demo, 4.5B_base, 4.5B_distill, 24B_base, ...)")
+    p.add_argument("--mode", choices=["t2v", "i2v", "v2v"], default=None,
+                   help="t2v, i2v (needs --image_path) or v2v (needs --prefix_video_path); inferred when omitted")
+    p.add_argument("--prompt", default=None, help=f"text prompt (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--image_path", default=None, help="conditioning image for i2v")
+    p.add_argument("--prefix_video_path", default=None, help="video to continue for v2v")
+    p.add_argument("--output_path", default="output.mp4", help="the mp4 to write")
+    # Overrides.
+    p.add_argument("--chunk_prompt", action="append", default=[], metavar="CHUNK:PROMPT",
+                   help="switch the caption from generated chunk CHUNK on (repeatable), e.g. --chunk_prompt '2:a blue ball falls'")
+    p.add_argument("--num_frames", type=int, default=None)
+    p.add_argument("--height", type=int, default=None, help="multiple of 16")
+    p.add_argument("--width", type=int, default=None, help="multiple of 16")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (multiple of the window size)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--special_tokens", default=None,
+                   help="official special_tokens.npz (enables the HQ and duration tokens as the official run scripts do)")
+    p.add_argument("--keep_aspect", action="store_true",
+                   help="resize image/video inputs by centre crop instead of the official stretch")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set runtime_config.window_size=2")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the chunks already saved next to the output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_generate)
+
+
+def infer_mode(args) -> str:
+    if args.mode:
+        return args.mode
+    if args.image_path and args.prefix_video_path:
+        raise UsageError("give either --image_path (i2v) or --prefix_video_path (v2v), not both")
+    if args.image_path:
+        return "i2v"
+    if args.prefix_video_path:
+        return "v2v"
+    return "t2v"
+
+
+def parse_chunk_prompts(items: list[str]) -> dict[int, str]:
+    schedule: dict[int, str] = {}
+    for item in items:
+        head, sep, text = item.partition(":")
+        if not sep or not head.strip().isdigit() or not text.strip():
+            raise UsageError(f"--chunk_prompt {item!r} must look like CHUNK:PROMPT, e.g. '2:a blue ball falls'")
+        schedule[int(head)] = text.strip()
+    return schedule
+
+
+def validate_generate_args(args):
+    """Everything that can be checked without loading a model; returns (mode, config)."""
+    from .config import ConfigError, load_config
+
+    mode = infer_mode(args)
+    if mode == "i2v" and not args.image_path:
+        raise UsageError("--mode i2v needs --image_path")
+    if mode == "v2v" and not args.prefix_video_path:
+        raise UsageError("--mode v2v needs --prefix_video_path")
+    if mode == "t2v" and (args.image_path or args.prefix_video_path):
+        raise UsageError("--mode t2v takes no --image_path or --prefix_video_path")
+    if mode == "i2v" and args.prefix_video_path:
+        raise UsageError("--mode i2v takes --image_path, not --prefix_video_path")
+    if mode == "v2v" and args.image_path:
+        raise UsageError("--mode v2v takes --prefix_video_path, not --image_path")
+    for flag, path in (("--image_path", args.image_path), ("--prefix_video_path", args.prefix_video_path),
+                       ("--special_tokens", args.special_tokens)):
+        if path and not Path(path).is_file():
+            raise UsageError(f"{flag}: no such file: {path}")
+    if args.image_path:
+        from .io.image import check_image
+
+        check_image(args.image_path)
+    if args.prefix_video_path:
+        from .io.video import probe_video
+
+        probe_video(args.prefix_video_path)
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and (value <= 0 or value % 16):
+            raise UsageError(f"{flag} must be a positive multiple of 16, got {value}")
+    if args.num_frames is not None and args.num_frames <= 0:
+        raise UsageError(f"--num_frames must be positive, got {args.num_frames}")
+    out = Path(args.output_path)
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"--output_path must end in .mp4, got {args.output_path}")
+    if not out.parent.exists():
+        raise UsageError(f"--output_path: folder {out.parent} does not exist")
+    try:
+        config = load_config(args.config_file)
+        overrides = {}
+        if args.num_frames is not None:
+            overrides["num_frames"] = args.num_frames
+        if args.height is not None:
+            overrides["video_size_h"] = args.height
+        if args.width is not None:
+            overrides["video_size_w"] = args.width
+        if args.steps is not None:
+            overrides["num_steps"] = args.steps
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if overrides:
+            config = config.replace(**overrides)
+        if args.set:
+            config = config.with_overrides(args.set)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    from .pipeline import check_weights_present
+
+    check_weights_present(config)
+    parse_chunk_prompts(args.chunk_prompt)
+    return mode, config
+
+
+def run_generate(args) -> int:
+    mode, config = validate_generate_args(args)
+    from .pipeline import MagiPipeline
+    from .runtime import set_threads
+
+    set_threads(args.threads)
+    pipe = MagiPipeline.from_pretrained(config, device=args.device, dtype=args.dtype,
+                                        special_tokens_path=args.special_tokens)
+    prompt = args.prompt or DEFAULT_PROMPT
+    chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
+    if chunk_prompts:
+        chunk_prompts = {0: prompt, **chunk_prompts}
+    report = pipe.generate_to_file(
+        args.output_path,
+        prompt=None if chunk_prompts else prompt,
+        chunk_prompts=chunk_prompts or None,
+        image=args.image_path if mode == "i2v" else None,
+        video=args.prefix_video_path if mode == "v2v" else None,
+        keep_aspect=args.keep_aspect,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- other subcommands
+def add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="web page and HTTP API with a job queue")
+    p.add_argument("--config_file", default="demo")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 unless you mean to expose it)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--special_tokens", default=None)
+    p.add_argument("--max_queue", type=int, default=8)
+    p.add_argument("--results_dir", default=None, help="where finished videos are kept (default: a temp folder)")
+    p.set_defaults(func=lambda args: _delegate("magi1.server.app", "main_serve", args))
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the VAE / DiT / shortcut distillation (see `magi1 train -h`)",
+                              add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _delegate_argv("magi1.train.cli", "main_train", args.rest))
+
+
+def add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluation (`magi1 eval physics ...`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _delegate_argv("magi1.eval.cli", "main_eval", args.rest))
+
+
+def _delegate(module: str, func: str, args) -> int:
+    import importlib
+
+    return int(getattr(importlib.import_module(module), func)(args) or 0)
+
+
+def _delegate_argv(module: str, func: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="magi1", description="MAGI-1 autoregressive video generation")
+    parser.add_argument("--version", action="version", version=f"magi1 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_generate_parser(subparsers)
+    add_serve_parser(subparsers)
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"magi1 {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a clear one-line message for the errors we raise on purpose
+        from .errors import is_user_facing
+
+        if is_user_facing(err):
+            print(f"magi1 {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""MagiPipeline: prompt / image / video in, clean chunks out, as a generator; and to a streamed mp4 file.
+
+Data flows one way: prompt → text encoder → DiT chunk loop ↔ KV cache → VAE decode → frames → file.
+Everything that consumes video (the CLI, the server, `__call__`) is written on top of `stream()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .config import MagiConfig, load_config
+from .errors import InputError, MissingWeightsError
+from .runtime import cpu_generator, parse_dtype, pick_device
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("latent", "pt", "np", "pil")
+
+
+@dataclass
+class ChunkOutput:
+    """One generated chunk, emitted the moment it is clean."""
+
+    index: int                      # 0-based among the generated chunks
+    num_chunks: int                 # how many this run generates
+    latents: torch.Tensor           # (1, 16, t, h, w) float32, scaled VAE latents, t <= chunk_width
+    frames: np.ndarray | None       # (4t, H, W, 3) uint8; None for output_type="latent"
+
+
+@dataclass
+class MagiPipelineOutput:
+    frames: object                  # np (T,H,W,3) uint8 | torch (T,3,H,W) float in [0,1] | list[PIL] | latents
+    latents: torch.Tensor           # (1, 16, T_lat, h, w) float32, all generated chunks
+
+
+@dataclass
+class GenerationReport:
+    path: str
+    num_frames: int
+    num_chunks: int
+    seconds_total: float
+    seconds_to_first_chunk: float | None
+    resumed_chunks: int = 0
+
+    def summary(self) -> str:
+        first = "n/a" if self.seconds_to_first_chunk is None else f"{self.seconds_to_first_chunk:.1f}s"
+        resumed = f", {self.resumed_chunks} resumed" if self.resumed_chunks else ""
+        return (f"wrote {self.path}: {self.num_frames} frames in {self.num_chunks} chunks{resumed}; "
+                f"first chunk after {first}, total {self.seconds_total:.1f}s")
+
+
+@dataclass
+class RunSettings:
+    """The per-call values that may differ from the config (size, frames, steps, seed)."""
+
+    height: int
+    width: int
+    num_frames: int
+    num_steps: int
+    seed: int
+    extra: dict = field(default_factory=dict)
+
+
+def check_weights_present(config: MagiConfig) -> None:
+    """Fail fast, before loading anything, when a folder the config names is missing."""
+    from .checkpoint.layout import weight_dir
+
+    r, e = config.runtime_config, config.engine_config
+    if not r.load:
+        raise MissingWeightsError("runtime_config.load is not set: point it at the checkpoint root folder")
+    weight_dir(config.resolve_path(r.load), distill=e.distill, fp8_quant=e.fp8_quant)
+    vae = config.resolve_path(r.vae_pretrained)
+    if not vae or not (Path(vae) / "config.json").is_file():
+        raise MissingWeightsError(f"VAE folder {vae!r} (runtime_config.vae_pretrained) has no config.json")
+    t5 = config.resolve_path(r.t5_pretrained)
+    if not t5 or not Path(t5).is_dir():
+        raise MissingWeightsError(f"text encoder folder {t5!r} (runtime_config.t5_pretrained) does not exist")
+
+
+class MagiPipeline:
+    def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device,
+                 vae_dtype: torch.dtype = torch.float32, special_tokens=None):
+        self.config = config
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.device = device
+        self.vae_dtype = vae_dtype
+        self.special_tokens = special_tokens
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, config: str | Path | MagiConfig = "demo", *, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, special_tokens_path: str | None = None,
+                        t5_device: str | None = None) -> "MagiPipeline":
+        """Build from an official config JSON, a preset name, or a MagiConfig; weights from the paths it names."""
+        from .checkpoint.loader import load_dit
+        from .models.text_encoder import T5TextEncoder
+        from .models.vae import ViTVAE
+        from .sampling.special_tokens import SpecialTokens
+
+        config = load_config(config)
+        check_weights_present(config)
+        device = pick_device(device)
+        dtype = parse_dtype(dtype) if dtype is not None else None
+        r = config.runtime_config
+        dit = load_dit(config, device=device, dtype=dtype)
+        vae_dtype = dtype or torch.float32
+        vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=vae_dtype)
+        # T5 runs where the config says (the 4.5B configs keep it on the CPU); "cuda" falls back when absent.
+        text_device = pick_device(t5_device or ("auto" if r.t5_device != "cpu" else "cpu"))
+        text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
+                                     max_length=config.model_config.caption_max_length)
+        special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
+        return cls(config, dit, vae, text_encoder, device=device, vae_dtype=vae_dtype, special_tokens=special)
+
+    @property
+    def fps(self) -> int:
+        return self.config.runtime_config.fps
+
+    # ------------------------------------------------------------------ inputs
+    def settings_for(self, *, height=None, width=None, num_frames=None, num_inference_steps=None,
+                     seed=None) -> tuple[MagiConfig, RunSettings]:
+        """A per-call config with the overrides applied and validated (sizes, step divisibility)."""
+        overrides = {k: v for k, v in (("video_size_h", height), ("video_size_w", width), ("num_frames", num_frames),
+                                       ("num_steps", num_inference_steps), ("seed", seed)) if v is not None}
+        config = self.config.replace(**overrides) if overrides else self.config
+        r = config.runtime_config
+        return config, RunSettings(r.video_size_h, r.video_size_w, r.num_frames, r.num_steps, r.seed)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """T5 embeddings (1, 1, Lc, C) float32 and masks (1, Lc) for each prompt, cached per prompt."""
+        embeds, masks = [], []
+        for text in prompts:
+            emb, mask = self.text_encoder.encode(text)
+            embeds.append(emb.float().cpu())
+            masks.append(mask.cpu())
+        return embeds, masks
+
+    def encode_prefix(self, config: MagiConfig, *, image=None, video=None, keep_aspect: bool = False):
+        """The scaled VAE latent of the conditioning image (1,16,1,h,w) or prefix video (1,16,Tp,h,w), or None."""
+        from .io.image import load_image
+        from .io.video import load_video
+        from .models.vae_helpers import encode_image, encode_video
+
+        r = config.runtime_config
+        if image is not None and video is not None:
+            raise InputError("give an image (i2v) or a video (v2v), not both")
+        if image is not None:
+            pixels = load_image(image, r.video_size_h, r.video_size_w, keep_aspect=keep_aspect)
+            return encode_image(self.vae, pixels, dtype=self.vae_dtype, fps=r.fps)
+        if video is not None:
+            if isinstance(video, (str, Path)):
+                frames = load_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect=keep_aspect)
+            else:
+                frames = np.asarray(video)
+            return encode_video(self.vae, frames, dtype=self.vae_dtype, fps=r.fps)
+        return None
+
+    # ------------------------------------------------------------------ the generator
+    def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
+               prompt_embeds: torch.Tensor | None = None, prompt_attention_mask: torch.Tensor | None = None,
+               image=None, video=None, num_frames: int | None = None, height: int | None = None,
+               width: int | None = None, num_inference_steps: int | None = None, seed: int | None = None,
+               generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+               output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
+               callback: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+               ) -> Iterator[ChunkOutput]:
+        """Yield each generated chunk as soon as it is clean (decoded unless output_type == "latent").
+
+        `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
+        the CPU from `generator` or from a generator seeded with `seed` (default: the config's seed).
+        """
+        from .models.vae_helpers import decode_chunk
+        from .sampling.conditioning import build_conditioning
+        from .sampling.sampler import chunk_counts, sample_chunks
+
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        config, run = self.settings_for(height=height, width=width, num_frames=num_frames,
+                                        num_inference_steps=num_inference_steps, seed=seed)
+        r, m = config.runtime_config, config.model_config
+        prefix = self.encode_prefix(config, image=image, video=video, keep_aspect=keep_aspect)
+        prefix_frames = 0 if prefix is None else prefix.shape[2]
+        total_chunks, clean_chunks = chunk_counts(run.num_frames, prefix_frames, r.chunk_width,
+                                                  r.temporal_downsample_factor)
+        num_generated = total_chunks - clean_chunks
+        config.check_window(num_generated)
+
+        captions, caption_masks = self._chunk_captions(prompt, chunk_prompts, prompt_embeds, prompt_attention_mask,
+                                                       num_generated)
+        y, y_masks = build_conditioning(captions, caption_masks,
+                                        null_caption=self.dit.y_embedder.null_caption_embedding.detach().float().cpu(),
+                                        clean_chunk_num=clean_chunks, special_tokens=self.special_tokens)
+        h, w = config.latent_size
+        shape = (1, m.latent_channels, total_chunks * r.chunk_width, h, w)
+        noise = self._initial_noise(shape, latents, generator, run.seed)
+
+        chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix, progress=progress,
+                               callback=callback, should_stop=should_stop)
+        for index, chunk_latents in enumerate(chunks):
+            frames = None
+            if output_type != "latent":
+                frames = decode_chunk(self.vae, chunk_latents, scale_factor=r.scale_factor, dtype=self.vae_dtype,
+                                      fps=r.fps)
+            if callback is not None:
+                callback({"type": "chunk", "index": index, "num_chunks": num_generated})
+            yield ChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents, frames=frames)
+
+    def __call__(self, prompt: str | None = None, *, output_type: str = "np", **kwargs) -> MagiPipelineOutput:
+        """Run to the end and return every frame (see `stream` for the arguments)."""
+        chunks = list(self.stream(prompt, output_type=output_type, **kwargs))
+        latents = torch.cat([c.latents for c in chunks], dim=2) if chunks else torch.empty(0)
+        if output_type == "latent":
+            return MagiPipelineOutput(frames=latents, latents=latents)
+        frames = np.concatenate([c.frames for c in chunks], axis=0)  # (T, H, W, 3) uint8
+        if output_type == "pt":
+            return MagiPipelineOutput(frames=torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
+                                      latents=latents)
+        if output_type == "pil":
+            from PIL import Image
+
+            return MagiPipelineOutput(frames=[Image.fromarray(f) for f in frames], latents=latents)
+        return MagiPipelineOutput(frames=frames, latents=latents)
+
+    def generate_to_file(self, path: str | Path, *, progress: bool = True, resume: bool = False,
+                         **kwargs) -> GenerationReport:
+        """Stream chunks into an mp4: each chunk is encoded as soon as it is clean; the file appears complete."""
+        from .io.video import VideoWriter
+
+        if resume:
+            raise InputError("--resume is not available yet")
+        start = time.perf_counter()
+        first = None
+        frames_written = 0
+        num_chunks = 0
+        with VideoWriter(str(path), fps=self.fps) as writer:
+            for chunk in self.stream(progress=progress, **kwargs):
+                writer.append(chunk.frames)
+                frames_written += len(chunk.frames)
+                num_chunks += 1
+                if first is None:
+                    first = time.perf_counter() - start
+                    logger.info("first chunk ready after %.1fs", first)
+        return GenerationReport(str(path), frames_written, num_chunks, time.perf_counter() - start, first)
+
+    # ------------------------------------------------------------------ helpers
+    def _chunk_captions(self, prompt, chunk_prompts, prompt_embeds, prompt_attention_mask, num_generated):
+        """One (embedding (1,1,Lc,C), mask (1,Lc)) pair per generated chunk."""
+        if prompt_embeds is not None:
+            if prompt is not None or chunk_prompts is not None:
+                raise InputError("give prompt / chunk_prompts or prompt_embeds, not both")
+            if prompt_attention_mask is None:
+                raise InputError("prompt_embeds needs prompt_attention_mask")
+            emb = prompt_embeds.float().reshape(1, 1, *prompt_embeds.shape[-2:])
+            mask = prompt_attention_mask.reshape(1, -1)
+            return [emb] * num_generated, [mask] * num_generated
+        per_chunk = chunk_prompt_schedule(prompt, chunk_prompts, num_generated)
+        unique = list(dict.fromkeys(per_chunk))
+        embeds, masks = self.encode_prompts(unique)
+        lookup = {text: (e, mk) for text, e, mk in zip(unique, embeds, masks)}
+        return [lookup[t][0] for t in per_chunk], [lookup[t][1] for t in per_chunk]
+
+    @staticmethod
+    def _initial_noise(shape, latents, generator, seed) -> torch.Tensor:
+        if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
+            return latents.float().cpu()
+        gen = generator if generator is not None else cpu_generator(seed)
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
+def chunk_prompt_schedule(prompt: str | None, chunk_prompts, num_chunks: int) -> list[str]:
+    """The caption of every generated chunk.
+
+    `chunk_prompts` is a list (one per chunk; the last one carries on) or a mapping {first chunk: prompt}
+    (each prompt holds until the next key; chunk 0 falls back to `prompt`).
+    """
+    if chunk_prompts is None:
+        if prompt is None:
+            raise InputError("give a prompt")
+        return [prompt] * num_chunks
+    if isinstance(chunk_prompts, Mapping):
+        schedule = dict(chunk_prompts)
+        if 0 not in schedule:
+            if prompt is None:
+                raise InputError("chunk_prompts has no entry for chunk 0 and no prompt was given")
+            schedule[0] = prompt
+        bad = [k for k in schedule if not isinstance(k, int) or k < 0]
+        if bad:
+            raise InputError(f"chunk_prompts keys must be chunk indices >= 0, got {bad}")
+        out, current = [], schedule[0]
+        for i in range(num_chunks):
+            current = schedule.get(i, current)
+            out.append(current)
+        return out
+    prompts = list(chunk_prompts)
+    if not prompts:
+        raise InputError("chunk_prompts is empty")
+    return [prompts[min(i, len(prompts) - 1)] for i in range(num_chunks)]
