@@ -1,0 +1,387 @@
+"""Video read (prefix clips for v2v) and streaming write (generated chunks), with PyAV.
+
+Reading follows the official ffmpeg graph `-ss 0 ... fps=<fps>,scale=w:h` (reference-vae-t5-infra.md
+§3.2): timestamps start at the container's start time, frames are re-timed to a constant rate by
+the rule of ffmpeg's fps filter (below), stretched to W x H with swscale bicubic (the ffmpeg CLI's
+default scaler, here the same library through PyAV), and the first `max_frames` are kept.
+
+Writing matches the official output (§3.3: libx264, yuv420p, codec defaults, i.e. CRF 23, preset
+medium) but streams: every `append` is encoded at once, into a hidden partial file that becomes
+the target only when the writer closes cleanly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import av
+import numpy as np
+
+from magi1.io.image import center_crop, cover_size
+
+# ffmpeg CLI default for scale filters (sws_flags=bicubic): swscale's cubic with B=0, C=0.6.
+SCALER = "BICUBIC"
+
+
+class VideoInfo(NamedTuple):
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def _as_rate(fps: float | int | Fraction) -> Fraction:
+    rate = Fraction(fps).limit_denominator(1001 * 1000)  # keeps 24000/1001 and friends exact
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return rate
+
+
+def _round_half_away(value: Fraction) -> int:
+    """AV_ROUND_NEAR_INF, the fps filter's default rounding."""
+    magnitude = int(abs(value) + Fraction(1, 2))
+    return magnitude if value >= 0 else -magnitude
+
+
+def _open_input(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise ValueError(f"cannot read {path} as a video: {error}") from error
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"cannot read {path} as a video: it has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """(num_frames, fps, height, width) of the first video stream, without decoding pixels."""
+    container, stream = _open_input(path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        num_frames = stream.frames
+        if not num_frames:  # not in the header: count the packets (one per frame)
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+        return VideoInfo(int(num_frames), float(rate) if rate else 0.0, stream.height, stream.width)
+
+
+def _timed_frames(path: str | Path) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction]]:
+    """(frame, start time in s, duration in s), times measured from the container start as ffmpeg does."""
+    container, stream = _open_input(path)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    nominal_duration = 1 / Fraction(rate)
+    origin = Fraction(container.start_time, 1_000_000) if container.start_time is not None else None
+    with container:
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if frame.pts is None:
+                    time = index * nominal_duration
+                else:
+                    time = frame.pts * Fraction(frame.time_base)
+                if origin is None:
+                    origin = time
+                duration = frame.duration * Fraction(frame.time_base) if frame.duration else nominal_duration
+                time -= origin
+                if time < 0:
+                    continue  # before the `-ss 0` seek point: ffmpeg trims these
+                yield frame, time, duration
+        except av.FFmpegError as error:
+            raise ValueError(f"cannot decode {path}: {error}") from error
+
+
+def resample_frames(
+    timed_frames: Iterator[tuple[object, Fraction, Fraction]], fps: float | Fraction
+) -> Iterator[object]:
+    """Re-time frames to a constant `fps` like ffmpeg's fps filter (rounding "near", eof "round").
+
+    Each input frame gets the output slot round(time * fps). Output slot k, counted from the first
+    frame's slot, shows the latest frame whose slot is <= k: frames are repeated to fill gaps and
+    dropped when several land on one slot. Slots continue until round(end_time * fps), where
+    end_time = last frame's time + its duration.
+    """
+    rate = _as_rate(fps)
+    current = None
+    next_slot = first_slot = end_slot = None
+    for frame, time, duration in timed_frames:
+        slot = _round_half_away(time * rate)
+        if next_slot is None:
+            next_slot = first_slot = slot
+        while current is not None and next_slot < slot:
+            yield current
+            next_slot += 1
+        current = frame
+        end_slot = _round_half_away((time + duration) * rate)
+    if current is None:
+        return
+    # The last frame fills the slots up to the end; a clip too short for any slot still gives one frame.
+    if next_slot == first_slot and next_slot >= end_slot:
+        end_slot = next_slot + 1
+    while next_slot < end_slot:
+        yield current
+        next_slot += 1
+
+
+def _frame_to_rgb(frame: av.VideoFrame, height: int, width: int, keep_aspect: bool) -> np.ndarray:
+    if keep_aspect:
+        scaled_h, scaled_w = cover_size(frame.height, frame.width, height, width)
+    else:
+        scaled_h, scaled_w = height, width
+    rgb = frame.reformat(
+        width=scaled_w,
+        height=scaled_h,
+        format="rgb24",
+        interpolation=SCALER,
+        src_color_range=frame.color_range or None,  # honour full-range (yuvj) sources
+    ).to_ndarray()
+    return np.ascontiguousarray(center_crop(rgb, height, width)) if keep_aspect else rgb
+
+
+def load_video(
+    path: str | Path,
+    height: int,
+    width: int,
+    fps: float,
+    max_frames: int | None = 32,
+    *,
+    keep_aspect: bool = False,
+) -> np.ndarray:
+    """The first `max_frames` frames at `fps`, as uint8 (T, height, width, 3) RGB.
+
+    keep_aspect=False stretches to width x height (official); True scales to cover, then crops
+    the centre. max_frames=None keeps the whole clip (official prefix_frame is 32).
+    Decoding stops as soon as `max_frames` frames are collected.
+    """
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"target size must be positive, got height={height}, width={width}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1 or None, got {max_frames}")
+    frames: list[np.ndarray] = []
+    last_frame, last_rgb = None, None
+    timed = _timed_frames(path)
+    try:
+        for frame in resample_frames(timed, fps):
+            if frame is not last_frame:  # repeated frames are converted once
+                last_frame, last_rgb = frame, _frame_to_rgb(frame, height, width, keep_aspect)
+            frames.append(last_rgb)
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    finally:
+        timed.close()  # closes the file even when we stop early
+    if not frames:
+        raise ValueError(f"cannot read {path} as a video: no frames could be decoded")
+    return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) or (H, W, 3); got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8; got {frames.dtype}")
+    return frames
+
+
+class _StreamEncoder:
+    """Adds one video stream to an open output container and encodes frames into it."""
+
+    def __init__(self, container, fps, codec: str, pix_fmt: str, options: dict[str, str]) -> None:
+        self.container = container
+        self.rate = _as_rate(fps)
+        self.codec, self.pix_fmt, self.options = codec, pix_fmt, options
+        self.stream = None
+        self.frames_written = 0
+
+    def _start(self, height: int, width: int) -> None:
+        if self.pix_fmt in ("yuv420p", "nv12") and (height % 2 or width % 2):
+            raise ValueError(f"{self.pix_fmt} needs an even frame size; got {width}x{height}")
+        stream = self.container.add_stream(self.codec, rate=self.rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
+        stream.options = dict(self.options)
+        self.stream = stream
+
+    def encode(self, frames: np.ndarray) -> None:
+        frames = _check_frames(frames)
+        if self.stream is None:
+            self._start(frames.shape[1], frames.shape[2])
+        elif frames.shape[1:3] != (self.stream.height, self.stream.width):
+            raise ValueError(
+                f"frame size changed from {self.stream.width}x{self.stream.height} "
+                f"to {frames.shape[2]}x{frames.shape[1]}"
+            )
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            # rgb24 -> yuv with the ffmpeg CLI's default scaler, as the official ffmpeg call does.
+            frame = frame.reformat(format=self.pix_fmt, interpolation=SCALER)
+            frame.pts = self.frames_written
+            frame.time_base = 1 / self.rate
+            self.container.mux(self.stream.encode(frame))
+            self.frames_written += 1
+
+    def finish(self) -> None:
+        if self.stream is None:
+            raise ValueError("no frames were appended; an empty video cannot be written")
+        self.container.mux(self.stream.encode(None))  # drain the encoder's lookahead
+
+
+def _encoder_options(codec: str, crf: int | None, preset: str | None, options: dict[str, str] | None) -> dict[str, str]:
+    merged = {}
+    if crf is not None:
+        merged["crf"] = str(crf)
+    if preset is not None:
+        merged["preset"] = preset
+    merged.update({key: str(value) for key, value in (options or {}).items()})
+    return merged
+
+
+def partial_path_for(path: str | Path) -> Path:
+    """Hidden sibling written while encoding: out.mp4 -> .out.partial.mp4."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+class VideoWriter:
+    """Streaming video file writer; the target appears only when the writer closes cleanly.
+
+        with VideoWriter("out.mp4", fps=24) as writer:
+            for chunk in chunks:            # uint8 (T, H, W, 3)
+                writer.append(chunk)        # encoded now; memory stays flat
+
+    Frames go to `partial_path_for(path)`. `close()` finishes the stream and renames it onto
+    `path` atomically; an exception inside the `with` block (or `abort()`) deletes it instead,
+    unless keep_partial=True (then abort() flushes the encoder, so the partial file is a complete
+    video of every appended frame). fragmented=True writes fragmented MP4, playable up to its last
+    fragment even if the process is killed; fragments start at keyframes (libx264: every 250
+    frames unless options={"g": ...}). Frames are encoded on `append`, but libx264 holds a
+    lookahead of a few dozen frames before bytes reach the file (options={"tune": "zerolatency"}
+    removes it, at some cost in quality per bit).
+    crf / preset / options go to the encoder; None keeps libx264's defaults (CRF 23, medium),
+    which is what the official pipeline uses.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        *,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+        crf: int | None = None,
+        preset: str | None = None,
+        options: dict[str, str] | None = None,
+        container_format: str | None = None,
+        fragmented: bool = False,
+        keep_partial: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.partial_path = partial_path_for(self.path)
+        self.fps = _as_rate(fps)
+        self.keep_partial = keep_partial
+        self._codec, self._pix_fmt = codec, pix_fmt
+        self._options = _encoder_options(codec, crf, preset, options)
+        self._format = container_format or (None if self.path.suffix else "mp4")
+        self._container_options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fragmented else {}
+        self._encoder: _StreamEncoder | None = None
+        self._closed = False
+
+    @property
+    def frames_written(self) -> int:
+        return self._encoder.frames_written if self._encoder else 0
+
+    def _open(self) -> _StreamEncoder:
+        if self._closed:
+            raise ValueError(f"writer for {self.path} is already closed")
+        if self._encoder is None:
+            if not self.path.parent.is_dir():
+                raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
+            container = av.open(
+                str(self.partial_path), "w", format=self._format, options=self._container_options
+            )
+            self._encoder = _StreamEncoder(container, self.fps, self._codec, self._pix_fmt, self._options)
+        return self._encoder
+
+    def append(self, frames: np.ndarray) -> None:
+        """Encode uint8 frames (T, H, W, 3) or one frame (H, W, 3) now."""
+        self._open().encode(frames)
+
+    def close(self) -> Path:
+        """Finish the file and move it onto `path`; returns `path`."""
+        if self._closed:
+            return self.path
+        encoder = self._open()
+        try:
+            encoder.finish()
+            encoder.container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop without producing `path`; the partial file is removed unless keep_partial."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._encoder is not None:
+            try:
+                if self.keep_partial and self._encoder.frames_written:
+                    self._encoder.finish()  # a kept partial file holds every appended frame
+                self._encoder.container.close()
+            except (av.FFmpegError, ValueError, OSError):
+                pass  # the file is being discarded (or kept as a best-effort partial)
+        if not self.keep_partial:
+            self.partial_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, **writer_options) -> Path:
+    """Write uint8 (T, H, W, 3) frames to `path` in one call (atomic, like VideoWriter)."""
+    with VideoWriter(path, fps, **writer_options) as writer:
+        writer.append(frames)
+    return Path(path)
+
+
+def frames_to_mp4_bytes(
+    frames: np.ndarray,
+    fps: float,
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    crf: int | None = None,
+    preset: str | None = None,
+) -> bytes:
+    """An in-memory MP4 of uint8 (T, H, W, 3) frames (e.g. a chunk preview for the server)."""
+    frames = _check_frames(frames)
+    buffer = io.BytesIO()
+    container = av.open(buffer, "w", format="mp4")
+    try:
+        encoder = _StreamEncoder(container, fps, codec, pix_fmt, _encoder_options(codec, crf, preset, None))
+        encoder.encode(frames)
+        encoder.finish()
+    finally:
+        container.close()
+    return buffer.getvalue()

@@ -1,0 +1,113 @@
+"""Attention over packed token ranges.
+
+The DiT packs every chunk of a call into one token axis and describes attention as pairs of ranges:
+query tokens [qs, qe) attend to key tokens [ks, ke) with no mask inside the pair. This module turns a list
+of such pairs into as few dense attention calls as it can: pairs whose query and key lengths agree are
+stacked into one batch (up to a memory cap), and a pair alone is run on views without any copy.
+
+Backends: flash-attn's `flash_attn_func` when it is importable, the tensors sit on an accelerator and
+are half precision; torch's scaled_dot_product_attention otherwise. Both use the softmax scale
+1/sqrt(head_dim) and grouped-query attention with contiguous groups (query head j reads KV head
+j // (heads / kv_heads)).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..runtime import is_accelerator
+
+try:  # optional: only used on an accelerator, never needed for correctness
+    from flash_attn import flash_attn_func as _flash_attn_func
+except Exception:  # pragma: no cover - depends on the environment
+    _flash_attn_func = None
+
+# Stacking pairs copies their queries and keys; above this many elements per stacked batch the pairs run
+# one at a time on views instead (a 720p chunk window is far above it, a tiny test far below).
+MAX_STACKED_ELEMENTS = 1 << 26
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense attention. q: (G, Lq, nh, hd); k, v: (G, Lk, ng, hd) -> (G, Lq, nh, hd)."""
+    if _flash_attn_func is not None and is_accelerator(q.device) and q.dtype in (torch.float16, torch.bfloat16):
+        return _flash_attn_func(q, k, v)
+    heads, kv_heads = q.shape[2], k.shape[2]
+    # SDPA wants (G, heads, L, hd)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=heads != kv_heads
+    )
+    return out.transpose(1, 2)
+
+
+class RangeAttention:
+    """A reusable plan for one set of (query range, key range) pairs; build once per forward, run per layer.
+
+    q_ranges and k_ranges are sequences of (start, end) pairs of python ints indexing the packed token axis
+    of the queries and of the keys. Query rows that no pair covers, and pairs with an empty key range,
+    give zeros (the flash-attn convention for an empty key set).
+    """
+
+    def __init__(
+        self,
+        q_ranges: Sequence[Sequence[int]],
+        k_ranges: Sequence[Sequence[int]],
+        *,
+        device: torch.device | None = None,
+        max_stacked_elements: int = MAX_STACKED_ELEMENTS,
+    ) -> None:
+        if len(q_ranges) != len(k_ranges):
+            raise ValueError(f"{len(q_ranges)} query ranges but {len(k_ranges)} key ranges")
+        self.device = device
+        self.max_stacked_elements = max_stacked_elements
+        self.covers_all_queries = False
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for (qs, qe), (ks, ke) in zip(q_ranges, k_ranges):
+            qs, qe, ks, ke = int(qs), int(qe), int(ks), int(ke)
+            if qe < qs or ke < ks or min(qs, ks) < 0:
+                raise ValueError(f"bad range pair q=[{qs},{qe}) k=[{ks},{ke})")
+            if qe == qs or ke == ks:
+                continue
+            groups[(qe - qs, ke - ks)].append((qs, ks))
+        self.groups = dict(groups)
+        covered = sorted((qs, qs + lq) for (lq, _), members in self.groups.items() for qs, _ in members)
+        self.covers_all_queries = bool(covered) and covered[0][0] == 0 and all(
+            a[1] == b[0] for a, b in zip(covered, covered[1:])
+        )
+        self.query_tokens_covered = covered[-1][1] if covered else 0
+        self._index_cache: dict[tuple, torch.Tensor] = {}
+
+    def _token_index(self, key: tuple, starts: list[int], length: int, device: torch.device) -> torch.Tensor:
+        """(G, length) absolute token indices for G ranges of one length, cached across layers."""
+        cached = self._index_cache.get(key)
+        if cached is None or cached.device != device:
+            base = torch.tensor(starts, dtype=torch.long, device=device)
+            cached = base[:, None] + torch.arange(length, dtype=torch.long, device=device)[None, :]
+            self._index_cache[key] = cached
+        return cached
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: (Nq, nh, hd); k, v: (Nk, ng, hd) packed tokens -> (Nq, nh, hd)."""
+        heads, head_dim, kv_heads = q.shape[1], q.shape[2], k.shape[1]
+        if heads % kv_heads:
+            raise ValueError(f"{heads} query heads cannot share {kv_heads} KV heads")
+        exact_cover = self.covers_all_queries and self.query_tokens_covered == q.shape[0]
+        out = torch.empty_like(q) if exact_cover else torch.zeros_like(q)
+        for (lq, lk), members in self.groups.items():
+            per_pair = (lq * heads + 2 * lk * kv_heads) * head_dim
+            batch = max(1, self.max_stacked_elements // max(per_pair, 1))
+            for first in range(0, len(members), batch):
+                part = members[first : first + batch]
+                if len(part) == 1:
+                    qs, ks = part[0]
+                    o = attend(q[qs : qs + lq][None], k[ks : ks + lk][None], v[ks : ks + lk][None])
+                    out[qs : qs + lq] = o[0]
+                    continue
+                q_idx = self._token_index(("q", lq, lk, first), [m[0] for m in part], lq, q.device)
+                k_idx = self._token_index(("k", lq, lk, first), [m[1] for m in part], lk, k.device)
+                o = attend(q[q_idx], k[k_idx], v[k_idx])  # (G, lq, nh, hd)
+                out[q_idx.reshape(-1)] = o.reshape(-1, heads, head_dim)
+        return out

@@ -1,0 +1,233 @@
+"""The autoregressive chunk sampler: a generator that yields each chunk's latents the moment it is clean.
+
+One forward step (see chunk_plan): slice the window out of the latent video, prepend the just-finished
+chunk at clean_t when its KV must be cached, overwrite prefix frames (i2v image, v2v partial chunk),
+get a velocity from the guidance passes, take an Euler step in float32, emit the chunk that finished.
+
+Conditioning comes from `conditioning.build_conditioning`; the number of chunks is y.shape[1].
+The latent video, time grid and Euler state live on y's device, float32 throughout.
+
+Resuming an interrupted run: call `sample_chunks` again with the same y and noise and
+prefix_latent = resume_prefix(finished_chunks, original_prefix). The finished chunks then act as a v2v
+prefix: their KV is rebuilt in one call and generation continues with the next chunk. This continues
+the video coherently but is not bit-identical to an uninterrupted run, whose unfinished chunks had
+already been partly denoised next to the finished ones (and the prefix KV pass sees them in bf16).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..runtime import cpu_generator
+from .chunk_plan import ForwardStep, plan_forward_steps, prefix_spans
+from .guidance import DEFAULT_PREV_CHUNKS_SCALE, WindowCall, distilled_velocity, is_nearly_clean, three_pass_velocity
+from .schedule import distill_step_size, step_intervals, time_grid
+
+StepCallback = Callable[[ForwardStep, torch.Tensor], None]
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def chunk_counts(num_frames: int, prefix_latent_frames: int, chunk_width: int, temporal_downsample: int):
+    """(infer_chunk_num, clean_chunk_num): all chunks of the latent video, and the whole prefix chunks.
+
+    num_frames are the requested pixel frames; the prefix (0 for t2v, 1 for i2v, Tp for v2v) comes on top,
+    and the total is rounded up to whole chunks: t2v 96 frames -> 4 chunks, i2v -> 5, v2v Tp=8 -> (6, 1).
+    """
+    latent = num_frames // temporal_downsample + prefix_latent_frames
+    return math.ceil(latent / chunk_width), prefix_latent_frames // chunk_width
+
+
+def emitted_frames(chunk: int, chunk_width: int, prefix_frames: int = 0) -> tuple[int, int]:
+    """Latent frames [start, end) a finished chunk contributes to the output.
+
+    Prefix frames are not output again, except the i2v image frame (chunk 0 with a 1-frame prefix):
+    it is emitted as denoised, i.e. the image latent plus the last Euler increment.
+    """
+    start, end = chunk * chunk_width, (chunk + 1) * chunk_width
+    if prefix_frames and not (chunk == 0 and prefix_frames == 1):
+        start = max(start, prefix_frames)
+    return start, end
+
+
+def resume_prefix(finished_chunks: Sequence[torch.Tensor], prefix_latent: torch.Tensor | None = None,
+                  chunk_width: int = 6) -> torch.Tensor:
+    """The prefix that continues a run whose first chunks were emitted: kept prefix frames + emitted frames."""
+    if not finished_chunks:
+        raise ValueError("nothing to resume from: no finished chunks")
+    tp = 0 if prefix_latent is None else prefix_latent.shape[2]
+    first = emitted_frames(tp // chunk_width, chunk_width, tp)[0]  # the first generated chunk's first frame
+    kept = [] if prefix_latent is None or first == 0 else [prefix_latent[:, :, :first].to(torch.float32)]
+    return torch.cat(kept + [c.to(torch.float32) for c in finished_chunks], dim=2)
+
+
+def initial_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU, so one seed gives one video on every device."""
+    return torch.randn(tuple(shape), generator=cpu_generator(seed), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def _pad_prefix(x: torch.Tensor, prefix: torch.Tensor | None, first_frame: int) -> torch.Tensor:
+    """Overwrite the call frames that lie inside the prefix with the prefix (official try_pad_prefix_video).
+
+    Windows never hold a whole prefix chunk, so in practice only the i2v image frame and the frames of a
+    partial v2v chunk are replaced; their chunk keeps its noisy t (the official t = 1 branch never runs).
+    """
+    if prefix is None or prefix.shape[2] <= first_frame:
+        return x
+    n = min(prefix.shape[2] - first_frame, x.shape[2])
+    x = x.clone()
+    x[:, :, :n] = prefix[:, :, first_frame : first_frame + n]
+    return x
+
+
+def _kv_range(spans: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    return torch.tensor(spans, dtype=torch.int32, device=device).reshape(-1, 2)
+
+
+def _velocity(model, call: WindowCall, cache, config, prev_chunks_scale: float) -> torch.Tensor:
+    if config.runtime_config.cfg_number == 3:
+        return three_pass_velocity(model, call, cache, config.runtime_config)
+    if config.runtime_config.cfg_number == 1:
+        return distilled_velocity(model, call, cache, prev_chunks_scale)
+    raise ValueError(f"cfg_number must be 1 or 3, got {config.runtime_config.cfg_number}")
+
+
+def cache_prefix(model, config, prefix: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, cache,
+                 tokens_per_chunk: int, step_size: float | None) -> None:
+    """Write the KV of the whole prefix chunks into the cache (official extract_prefix_video_feature).
+
+    One call over all prefix chunks at clean_t with their null rows, x in bfloat16 as official (the VAE
+    latent's dtype). Official code runs every guidance pass here and discards the outputs; only the
+    cache-writing pass has an effect, so only that one runs: cond_pre for cfg 3, the single pass for cfg 1.
+    """
+    r = config.runtime_config
+    cw = r.chunk_width
+    offset = prefix.shape[2] // cw
+    x = prefix[:, :, : offset * cw].to(torch.bfloat16)
+    t = torch.full((1, offset), r.clean_t, dtype=torch.float32, device=x.device)
+    spans = [(s * tokens_per_chunk, e * tokens_per_chunk)
+             for s, e in prefix_spans(offset, r.noise2clean_kvrange, r.clean_chunk_kvrange)]
+    model(x, t, y[1, :offset, None], masks[1, :offset, None], _kv_range(spans, x.device),
+          null_adaln=r.cfg_number == 3, kv_cache=cache, slice_point=0, read_cache=True, write_cache=True,
+          step_size=step_size)
+
+
+def _new_cache(model, tokens: int):
+    from ..models.kv_cache import KVCache  # imported late: the sampler itself needs no model code
+
+    return KVCache(tokens, num_layers=getattr(model.config, "num_layers", None))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def sample_chunks(
+    model: Any,
+    config: Any,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    prefix_latent: torch.Tensor | None = None,
+    *,
+    seed: int | None = None,
+    kv_cache: Any = None,
+    prev_chunks_scale: float = DEFAULT_PREV_CHUNKS_SCALE,
+    release_cache: bool = True,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the clean latents (1, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
+
+    y, masks: from build_conditioning, (2, n_chunks, Lc, Ct) and (2, n_chunks, Lc).
+    noise: the whole initial latent video (1, 16, n_chunks*cw, h, w); default: drawn on the CPU from
+      `seed` (default runtime_config.seed) at the config's video size.
+    prefix_latent: (1, 16, Tp, h, w) VAE latent (bf16 as official): 1 frame for i2v, Tp frames for v2v,
+      or resume_prefix(...) to continue an interrupted run.
+    kv_cache: a KVCache to use (e.g. one that offloads); default: a fresh one on the latents' device.
+    release_cache: drop cache rows no later step reads, so memory stays flat on long videos.
+    callback(step, latent): after every Euler update, with the whole latent video (do not modify it).
+    """
+    r, m = config.runtime_config, model.config
+    cw, num_steps = r.chunk_width, r.num_steps
+    device = y.device
+    n_chunks = y.shape[1]
+    if noise is None:
+        h, w = r.video_size_h // 8, r.video_size_w // 8
+        noise = initial_noise((1, m.latent_channels, n_chunks * cw, h, w), r.seed if seed is None else seed)
+    if noise.shape[2] != n_chunks * cw:
+        raise ValueError(f"noise has {noise.shape[2]} frames, y describes {n_chunks} chunks of {cw}")
+    latent = noise.to(device=device, dtype=torch.float32).clone()
+    prefix = None if prefix_latent is None else prefix_latent.to(device)
+    prefix_frames = 0 if prefix is None else prefix.shape[2]
+    offset = prefix_frames // cw
+
+    plan = plan_forward_steps(n_chunks, r.window_size, num_steps, offset, r.noise2clean_kvrange, r.clean_chunk_kvrange)
+    grid = time_grid(num_steps, config.engine_config.shortcut_mode).to(device)
+    intervals = step_intervals(num_steps, config.engine_config.shortcut_mode)
+    distill = bool(getattr(model, "distill", config.engine_config.distill))
+    ctn = (cw // m.t_patch_size) * (latent.shape[3] // m.patch_size) * (latent.shape[4] // m.patch_size)
+    cache = kv_cache if kv_cache is not None else _new_cache(model, n_chunks * ctn)
+    clean_t = torch.tensor([r.clean_t], dtype=torch.float32, device=device)
+    nearly_clean_threshold = config.engine_config.distill_nearly_clean_chunk_threshold
+
+    def step_size(substep: int) -> float | None:
+        return distill_step_size(num_steps, intervals[substep]) if distill else None
+
+    if offset:
+        with torch.no_grad():
+            cache_prefix(model, config, prefix, y, masks, cache, ctn, step_size(0))
+
+    bar = _progress(len(plan), progress)
+    try:
+        for step in plan:
+            first, end = step.slice_point, step.chunk_end
+            t = grid[list(step.chunk_steps)][None]
+            call_y, call_masks = y[:, step.chunk_start : end], masks[:, step.chunk_start : end]
+            if step.extra_clean_chunk:
+                # The finished chunk is re-encoded with the null row (and null mask) in both rows.
+                t = torch.cat([clean_t[None], t], dim=1)
+                call_y = torch.cat([y[1:2, 0:1].expand(2, 1, -1, -1), call_y], dim=1)
+                call_masks = torch.cat([masks[1:2, 1:2].expand(2, 1, -1), call_masks], dim=1)
+            x = _pad_prefix(latent[:, :, first * cw : end * cw], prefix, first * cw)
+            call = WindowCall(
+                x=x, t=t, y=call_y, masks=call_masks, kv_range=_kv_range(step.key_ranges(ctn), device),
+                slice_point=first, chunk_width=cw, tokens_per_chunk=ctn, read_cache=step.extra_clean_chunk,
+                extra_clean_chunk=step.extra_clean_chunk, step_size=step_size(step.substep),
+                nearly_clean=is_nearly_clean(t[0, int(step.extra_clean_chunk)], nearly_clean_threshold),
+            )
+            with torch.no_grad():  # not around the yield: grad mode would leak into the consumer
+                velocity = _velocity(model, call, cache, config, prev_chunks_scale)
+
+            # Euler step of the (padded) window chunks from grid[k] to grid[k + 1], in float32.
+            k = torch.tensor(step.chunk_steps, device=device)
+            dt = (grid[k + 1] - grid[k]).repeat_interleave(cw).view(1, 1, -1, 1, 1)
+            window = slice(step.chunk_start * cw, end * cw)
+            latent[:, :, window] = x[:, :, -velocity.shape[2] :] + velocity * dt
+
+            if release_cache and hasattr(cache, "release_before"):
+                cache.release_before(step.keep_from * ctn)
+            if callback is not None:
+                callback(step, latent)
+            bar.update(1)
+            if step.finished_chunk is not None:
+                start, stop = emitted_frames(step.finished_chunk, cw, prefix_frames)
+                yield latent[:, :, start:stop].clone()
+    finally:  # also when the consumer stops early
+        bar.close()
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step")
