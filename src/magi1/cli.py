@@ -101,13 +101,16 @@ def validate_generate_args(args):
         if path and not Path(path).is_file():
             raise UsageError(f"{flag}: no such file: {path}")
     if args.image_path:
-        from .io.image import check_image
-
-        check_image(args.image_path)
+        _check_readable_image(args.image_path)
     if args.prefix_video_path:
         from .io.video import probe_video
 
-        probe_video(args.prefix_video_path)
+        try:
+            info = probe_video(args.prefix_video_path)
+        except (ValueError, OSError) as err:
+            raise UsageError(f"--prefix_video_path: {err}") from None
+        if info.num_frames == 0:
+            raise UsageError(f"--prefix_video_path: {args.prefix_video_path} has no frames")
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and (value <= 0 or value % 16):
             raise UsageError(f"{flag} must be a positive multiple of 16, got {value}")
@@ -142,6 +145,16 @@ def validate_generate_args(args):
     check_weights_present(config)
     parse_chunk_prompts(args.chunk_prompt)
     return mode, config
+
+
+def _check_readable_image(path: str) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise UsageError(f"--image_path: {path} is not a readable image ({err})") from None
 
 
 def run_generate(args) -> int:

@@ -6,6 +6,8 @@ Everything that consumes video (the CLI, the server, `__call__`) is written on t
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -57,6 +59,52 @@ class GenerationReport:
 
 
 @dataclass
+class ResumeState:
+    """Where an interrupted run stood after its last finished chunk (see `MagiPipeline.stream`)."""
+
+    fingerprint: str                # hash of everything that determines the run
+    next_step: int                  # the first forward step still to run
+    finished_chunks: int            # generated chunks already emitted
+    latent: torch.Tensor            # (1, 16, T, h, w) float32: the whole latent video after that step
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"latent": self.latent.contiguous()}, str(tmp),
+                  metadata={"fingerprint": self.fingerprint, "next_step": str(self.next_step),
+                            "finished_chunks": str(self.finished_chunks)})
+        tmp.replace(path)  # atomic: a kill never leaves a half-written state
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ResumeState":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            return cls(meta["fingerprint"], int(meta["next_step"]), int(meta["finished_chunks"]),
+                       f.get_tensor("latent"))
+
+
+def run_fingerprint(config: MagiConfig, *tensors: torch.Tensor | None) -> str:
+    """A hash of the config and the run's input tensors (conditioning, noise, prefix)."""
+    import json
+
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for tensor in tensors:
+        if tensor is not None:
+            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resume_state_path(output: str | Path) -> Path:
+    """The hidden file next to the output where a run keeps its resume state."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.resume.safetensors")
+
+
+@dataclass
 class RunSettings:
     """The per-call values that may differ from the config (size, frames, steps, seed)."""
 
@@ -84,15 +132,17 @@ def check_weights_present(config: MagiConfig) -> None:
         raise MissingWeightsError(f"text encoder folder {t5!r} (runtime_config.t5_pretrained) does not exist")
 
 
+class GenerationCancelled(Exception):
+    """Raised out of `stream()` when `should_stop()` turned true between two denoising steps."""
+
+
 class MagiPipeline:
-    def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device,
-                 vae_dtype: torch.dtype = torch.float32, special_tokens=None):
+    def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device, special_tokens=None):
         self.config = config
         self.dit = dit
         self.vae = vae
         self.text_encoder = text_encoder
         self.device = device
-        self.vae_dtype = vae_dtype
         self.special_tokens = special_tokens
 
     # ------------------------------------------------------------------ construction
@@ -112,14 +162,17 @@ class MagiPipeline:
         dtype = parse_dtype(dtype) if dtype is not None else None
         r = config.runtime_config
         dit = load_dit(config, device=device, dtype=dtype)
-        vae_dtype = dtype or torch.float32
-        vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=vae_dtype)
+        vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=dtype)
         # T5 runs where the config says (the 4.5B configs keep it on the CPU); "cuda" falls back when absent.
         text_device = pick_device(t5_device or ("auto" if r.t5_device != "cpu" else "cpu"))
         text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
                                      max_length=config.model_config.caption_max_length)
         special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
-        return cls(config, dit, vae, text_encoder, device=device, vae_dtype=vae_dtype, special_tokens=special)
+        return cls(config, dit, vae, text_encoder, device=device, special_tokens=special)
+
+    @property
+    def dit_device(self) -> torch.device:
+        return next(self.dit.parameters()).device
 
     @property
     def fps(self) -> int:
@@ -155,14 +208,17 @@ class MagiPipeline:
             raise InputError("give an image (i2v) or a video (v2v), not both")
         if image is not None:
             pixels = load_image(image, r.video_size_h, r.video_size_w, keep_aspect=keep_aspect)
-            return encode_image(self.vae, pixels, dtype=self.vae_dtype, fps=r.fps)
-        if video is not None:
+            latent = encode_image(self.vae, pixels, fps=r.fps)
+        elif video is not None:
             if isinstance(video, (str, Path)):
                 frames = load_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect=keep_aspect)
             else:
                 frames = np.asarray(video)
-            return encode_video(self.vae, frames, dtype=self.vae_dtype, fps=r.fps)
-        return None
+            latent = encode_video(self.vae, frames, fps=r.fps)
+        else:
+            return None
+        # The official prefix latent is bf16 (its VAE runs in bf16); round through bf16 for the same values.
+        return latent.to(torch.bfloat16).float().cpu()
 
     # ------------------------------------------------------------------ the generator
     def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
@@ -172,15 +228,19 @@ class MagiPipeline:
                generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
                callback: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
-               ) -> Iterator[ChunkOutput]:
+               resume_state: "ResumeState | None" = None,
+               on_state: Callable[["ResumeState"], None] | None = None) -> Iterator[ChunkOutput]:
         """Yield each generated chunk as soon as it is clean (decoded unless output_type == "latent").
 
         `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
         the CPU from `generator` or from a generator seeded with `seed` (default: the config's seed).
+        on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
+        (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
         """
         from .models.vae_helpers import decode_chunk
-        from .sampling.conditioning import build_conditioning
-        from .sampling.sampler import chunk_counts, sample_chunks
+        from .sampling.chunk_plan import plan_forward_steps
+        from .sampling.conditioning import DEFAULT_POSITIVE, build_conditioning
+        from .sampling.sampler import chunk_counts, emitted_frames, sample_chunks
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -192,27 +252,56 @@ class MagiPipeline:
         total_chunks, clean_chunks = chunk_counts(run.num_frames, prefix_frames, r.chunk_width,
                                                   r.temporal_downsample_factor)
         num_generated = total_chunks - clean_chunks
-        config.check_window(num_generated)
 
         captions, caption_masks = self._chunk_captions(prompt, chunk_prompts, prompt_embeds, prompt_attention_mask,
                                                        num_generated)
-        y, y_masks = build_conditioning(captions, caption_masks,
-                                        null_caption=self.dit.y_embedder.null_caption_embedding.detach().float().cpu(),
-                                        clean_chunk_num=clean_chunks, special_tokens=self.special_tokens)
+        null_caption = self.dit.y_embedder.null_caption_embedding.detach().float().cpu()
+        cond = build_conditioning(captions, caption_masks, null_caption, generated_chunks=num_generated,
+                                  prefix_chunks=clean_chunks, special_tokens=self.special_tokens,
+                                  positive_tags=DEFAULT_POSITIVE if self.special_tokens is not None else ())
+        device = self.dit_device
+        y, y_masks = cond.y.to(device), cond.masks.to(device)
         h, w = config.latent_size
         shape = (1, m.latent_channels, total_chunks * r.chunk_width, h, w)
         noise = self._initial_noise(shape, latents, generator, run.seed)
+        if prefix is not None:
+            prefix = prefix.to(device)
 
+        total_steps = len(plan_forward_steps(total_chunks, r.window_size, r.num_steps, clean_chunks,
+                                             r.noise2clean_kvrange, r.clean_chunk_kvrange))
+        fingerprint = run_fingerprint(config, y, y_masks, noise, prefix)
+        finished = 0
+
+        def on_step(step, latent) -> None:
+            nonlocal finished
+            if step.finished_chunk is not None:
+                finished += 1
+                if on_state is not None:
+                    on_state(ResumeState(fingerprint, step.index + 1, finished, latent.detach().cpu().clone()))
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled("generation was cancelled")
+            if callback is not None:
+                callback({"type": "step", "step": step.index + 1, "total_steps": total_steps})
+
+        resume_from, replayed = None, []
+        if resume_state is not None:
+            if resume_state.fingerprint != fingerprint:
+                raise InputError("the saved resume state belongs to a different run (other prompt, inputs, "
+                                 "settings or seed); start again without --resume")
+            resume_from = (resume_state.next_step, resume_state.latent)
+            finished = resume_state.finished_chunks
+            replayed = [resume_state.latent[:, :, slice(*emitted_frames(clean_chunks + i, r.chunk_width,
+                                                                          prefix_frames))]
+                        for i in range(resume_state.finished_chunks)]
         chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix, progress=progress,
-                               callback=callback, should_stop=should_stop)
-        for index, chunk_latents in enumerate(chunks):
+                               callback=on_step, resume_from=resume_from)
+        for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
             if output_type != "latent":
-                frames = decode_chunk(self.vae, chunk_latents, scale_factor=r.scale_factor, dtype=self.vae_dtype,
-                                      fps=r.fps)
+                frames = decode_chunk(self.vae, chunk_latents, fps=r.fps, out_device="cpu").numpy()
             if callback is not None:
                 callback({"type": "chunk", "index": index, "num_chunks": num_generated})
-            yield ChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents, frames=frames)
+            yield ChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
 
     def __call__(self, prompt: str | None = None, *, output_type: str = "np", **kwargs) -> MagiPipelineOutput:
         """Run to the end and return every frame (see `stream` for the arguments)."""
@@ -232,41 +321,63 @@ class MagiPipeline:
 
     def generate_to_file(self, path: str | Path, *, progress: bool = True, resume: bool = False,
                          **kwargs) -> GenerationReport:
-        """Stream chunks into an mp4: each chunk is encoded as soon as it is clean; the file appears complete."""
+        """Stream chunks into an mp4, each encoded as soon as it is clean.
+
+        The video is written as fragmented mp4 under a hidden partial name (watchable while it grows, kept if
+        the run dies) and moved onto `path` when complete. After every finished chunk the run's state is saved
+        next to the output, so `resume=True` continues a killed run exactly where it stopped.
+        """
         from .io.video import VideoWriter
 
+        path = Path(path)
+        state_file = resume_state_path(path)
+        resume_state = None
         if resume:
-            raise InputError("--resume is not available yet")
+            if not state_file.is_file():
+                raise InputError(f"nothing to resume: no saved state {state_file} for {path}")
+            resume_state = ResumeState.load(state_file)
         start = time.perf_counter()
         first = None
-        frames_written = 0
-        num_chunks = 0
-        with VideoWriter(str(path), fps=self.fps) as writer:
-            for chunk in self.stream(progress=progress, **kwargs):
+        frames_written = num_chunks = 0
+        writer = VideoWriter(str(path), fps=self.fps, fragmented=True, keep_partial=True,
+                             options={"g": str(4 * self.config.runtime_config.chunk_width)})
+        with writer:
+            for chunk in self.stream(progress=progress, resume_state=resume_state,
+                                     on_state=lambda state: state.save(state_file), **kwargs):
                 writer.append(chunk.frames)
                 frames_written += len(chunk.frames)
                 num_chunks += 1
                 if first is None:
                     first = time.perf_counter() - start
                     logger.info("first chunk ready after %.1fs", first)
-        return GenerationReport(str(path), frames_written, num_chunks, time.perf_counter() - start, first)
+        state_file.unlink(missing_ok=True)
+        resumed = resume_state.finished_chunks if resume_state is not None else 0
+        return GenerationReport(str(path), frames_written, num_chunks, time.perf_counter() - start, first, resumed)
 
     # ------------------------------------------------------------------ helpers
     def _chunk_captions(self, prompt, chunk_prompts, prompt_embeds, prompt_attention_mask, num_generated):
-        """One (embedding (1,1,Lc,C), mask (1,Lc)) pair per generated chunk."""
+        """Caption embeddings (1 or chunks, Lc, C) and masks (1 or chunks, Lc) for build_conditioning."""
         if prompt_embeds is not None:
             if prompt is not None or chunk_prompts is not None:
                 raise InputError("give prompt / chunk_prompts or prompt_embeds, not both")
             if prompt_attention_mask is None:
                 raise InputError("prompt_embeds needs prompt_attention_mask")
-            emb = prompt_embeds.float().reshape(1, 1, *prompt_embeds.shape[-2:])
-            mask = prompt_attention_mask.reshape(1, -1)
-            return [emb] * num_generated, [mask] * num_generated
+            emb = prompt_embeds.float().reshape(-1, *prompt_embeds.shape[-2:])  # (1 or chunks, Lc, C)
+            mask = prompt_attention_mask.reshape(emb.shape[0], -1)
+            if emb.shape[0] == 1:
+                return emb, mask
+            if emb.shape[0] != num_generated:
+                raise InputError(f"prompt_embeds has {emb.shape[0]} rows; give 1 or one per generated chunk "
+                                 f"({num_generated})")
+            return emb, mask
         per_chunk = chunk_prompt_schedule(prompt, chunk_prompts, num_generated)
         unique = list(dict.fromkeys(per_chunk))
         embeds, masks = self.encode_prompts(unique)
-        lookup = {text: (e, mk) for text, e, mk in zip(unique, embeds, masks)}
-        return [lookup[t][0] for t in per_chunk], [lookup[t][1] for t in per_chunk]
+        if len(unique) == 1:
+            return embeds[0][0], masks[0]  # (1, Lc, C), (1, Lc): the official single-caption case
+        lookup = {text: (e[0, 0], mk[0]) for text, e, mk in zip(unique, embeds, masks)}
+        # (chunks, Lc, C) and (chunks, Lc): one caption row per generated chunk (scene changes).
+        return (torch.stack([lookup[t][0] for t in per_chunk]), torch.stack([lookup[t][1] for t in per_chunk]))
 
     @staticmethod
     def _initial_noise(shape, latents, generator, seed) -> torch.Tensor:

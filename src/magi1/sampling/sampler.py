@@ -7,11 +7,11 @@ get a velocity from the guidance passes, take an Euler step in float32, emit the
 Conditioning comes from `conditioning.build_conditioning`; the number of chunks is y.shape[1].
 The latent video, time grid and Euler state live on y's device, float32 throughout.
 
-Resuming an interrupted run: call `sample_chunks` again with the same y and noise and
-prefix_latent = resume_prefix(finished_chunks, original_prefix). The finished chunks then act as a v2v
-prefix: their KV is rebuilt in one call and generation continues with the next chunk. This continues
-the video coherently but is not bit-identical to an uninterrupted run, whose unfinished chunks had
-already been partly denoised next to the finished ones (and the prefix KV pass sees them in bf16).
+Resuming an interrupted run, exactly: save `(step.index + 1, latent)` from the callback after a step that
+finished a chunk, and later pass it back as `resume_from`. The state holds every chunk, the finished ones
+and the half-denoised ones in flight; the only other state, the KV cache, is rebuilt by replaying the
+clean re-encode of each chunk that had been re-encoded (`replay_clean_chunks`), and the loop continues
+at the saved step. (A looser alternative: `resume_prefix` turns the finished chunks into a v2v prefix.)
 """
 
 from __future__ import annotations
@@ -115,6 +115,30 @@ def cache_prefix(model, config, prefix: torch.Tensor, y: torch.Tensor, masks: to
           step_size=step_size)
 
 
+def replay_clean_chunks(model, config, plan: Sequence[ForwardStep], latent: torch.Tensor, prefix, y, masks,
+                        cache, tokens_per_chunk: int, step_size: Callable[[int], float | None]) -> None:
+    """Rebuild the cache rows that the steps in `plan` wrote and later steps read.
+
+    Those are the finished chunks re-encoded at clean_t (the `extra_clean_chunk` of a step). Each is
+    re-run alone with the same inputs the original window call gave it (final latent, prefix padding,
+    null row, clean span, cache-writing pass's adaLN token); only its own rows are ever read back, and
+    they depend on nothing else in that call.
+    """
+    r = config.runtime_config
+    cw = r.chunk_width
+    clean_t = torch.full((1, 1), r.clean_t, dtype=torch.float32, device=latent.device)
+    for step in plan:
+        if not step.extra_clean_chunk:
+            continue
+        chunk = step.slice_point
+        x = _pad_prefix(latent[:, :, chunk * cw : (chunk + 1) * cw], prefix, chunk * cw)
+        span = _kv_range(step.key_ranges(tokens_per_chunk)[:1], latent.device)
+        # y (1, 1, Lc, Ct) and mask (1, 1, Lc): the null row and null mask, as the window call used.
+        model(x, clean_t, y[1:2, 0:1], masks[1:2, 1:2], span,
+              null_adaln=r.cfg_number == 3, kv_cache=cache, slice_point=chunk, read_cache=True, write_cache=True,
+              step_size=step_size(step.substep))
+
+
 def _new_cache(model, tokens: int):
     from ..models.kv_cache import KVCache  # imported late: the sampler itself needs no model code
 
@@ -136,6 +160,7 @@ def sample_chunks(
     release_cache: bool = True,
     progress: bool = True,
     callback: StepCallback | None = None,
+    resume_from: tuple[int, torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (1, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
 
@@ -147,6 +172,8 @@ def sample_chunks(
     kv_cache: a KVCache to use (e.g. one that offloads); default: a fresh one on the latents' device.
     release_cache: drop cache rows no later step reads, so memory stays flat on long videos.
     callback(step, latent): after every Euler update, with the whole latent video (do not modify it).
+    resume_from: (first step to run, the latent video after the step before it), saved from the callback
+      after a step whose `finished_chunk` was set; chunks finished before it are not yielded again.
     """
     r, m = config.runtime_config, model.config
     cw, num_steps = r.chunk_width, r.num_steps
@@ -157,6 +184,12 @@ def sample_chunks(
         noise = initial_noise((1, m.latent_channels, n_chunks * cw, h, w), r.seed if seed is None else seed)
     if noise.shape[2] != n_chunks * cw:
         raise ValueError(f"noise has {noise.shape[2]} frames, y describes {n_chunks} chunks of {cw}")
+    start = 0
+    if resume_from is not None:
+        start, saved = resume_from
+        if saved.shape != noise.shape:
+            raise ValueError(f"resume state has shape {tuple(saved.shape)}, this run's latent video {tuple(noise.shape)}")
+        noise = saved
     latent = noise.to(device=device, dtype=torch.float32).clone()
     prefix = None if prefix_latent is None else prefix_latent.to(device)
     prefix_frames = 0 if prefix is None else prefix.shape[2]
@@ -174,13 +207,20 @@ def sample_chunks(
     def step_size(substep: int) -> float | None:
         return distill_step_size(num_steps, intervals[substep]) if distill else None
 
-    if offset:
-        with torch.no_grad():
+    if not 0 <= start <= len(plan):
+        raise ValueError(f"resume step {start} is outside the plan's {len(plan)} steps")
+    with torch.no_grad():
+        if offset:
             cache_prefix(model, config, prefix, y, masks, cache, ctn, step_size(0))
+        if start:
+            replay_clean_chunks(model, config, plan[:start], latent, prefix, y, masks, cache, ctn, step_size)
+            if release_cache and hasattr(cache, "release_before"):
+                cache.release_before(plan[start - 1].keep_from * ctn)
 
     bar = _progress(len(plan), progress)
+    bar.update(start)
     try:
-        for step in plan:
+        for step in plan[start:]:
             first, end = step.slice_point, step.chunk_end
             t = grid[list(step.chunk_steps)][None]
             call_y, call_masks = y[:, step.chunk_start : end], masks[:, step.chunk_start : end]

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny official-layout model folders built once per session (no network, no ../shared)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    # Two cores and several test processes: one thread each keeps timings steady and avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Path of the config.json of a tiny random base model (DiT + VAE + T5) in the official layout."""
+    from magi1.testing import make_tiny_model_folder
+
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model):
+    from magi1.pipeline import MagiPipeline
+
+    return MagiPipeline.from_pretrained(str(tiny_model), device="cpu")

@@ -1,0 +1,80 @@
+"""`magi1 generate` on a tiny model, and its up-front validation (clear message, exit 2, no output file)."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+
+import numpy as np
+import pytest
+
+from magi1.cli import main
+from magi1.io.image import save_image
+from magi1.io.video import probe_video
+
+
+def test_console_script_resolves():
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("magi1") == "magi1.cli:main"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+
+
+def test_generate_t2v_writes_the_file(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code = main(["generate", "--config_file", str(tiny_model), "--prompt", "a red ball", "--num_frames", "48",
+                 "--output_path", str(out), "--quiet"])
+    assert code == 0 and probe_video(out).num_frames == 48
+    assert "first chunk after" in capsys.readouterr().out
+
+
+def test_generate_i2v_with_chunk_prompts(tiny_model, tmp_path):
+    image = tmp_path / "in.png"
+    save_image(image, np.full((40, 50, 3), 128, np.uint8))
+    out = tmp_path / "i2v.mp4"
+    code = main(["generate", "--config_file", str(tiny_model), "--mode", "i2v", "--image_path", str(image),
+                 "--prompt", "a ball", "--chunk_prompt", "1:a square", "--num_frames", "24",
+                 "--output_path", str(out), "--quiet"])
+    # 24 frames + the image frame = 7 latent frames -> 2 chunks of 24 frames.
+    assert code == 0 and probe_video(out).num_frames == 48
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mode", "i2v"], "needs --image_path"),
+    (["--mode", "v2v"], "needs --prefix_video_path"),
+    (["--image_path", "missing.png"], "no such file"),
+    (["--mode", "t2v", "--image_path", "{image}"], "takes no --image_path"),
+    (["--height", "40"], "multiple of 16"),
+    (["--width", "0"], "multiple of 16"),
+    (["--special_tokens", "nope.npz"], "no such file"),
+    (["--steps", "3"], "divisible"),
+    (["--set", "runtime_config.num_stepz=4"], "did you mean 'num_steps'"),
+    (["--chunk_prompt", "x:y"], "CHUNK:PROMPT"),
+    (["--config_file", "4.5B_bse"], "did you mean '4.5B_base'"),
+])
+def test_bad_inputs_fail_fast_without_output(tiny_model, tmp_path, capsys, extra, message):
+    image = tmp_path / "img.png"
+    save_image(image, np.zeros((32, 32, 3), np.uint8))
+    out = tmp_path / "never.mp4"
+    args = ["generate", "--config_file", str(tiny_model), "--output_path", str(out), "--quiet"]
+    args += [a.replace("{image}", str(image)) for a in extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_unreadable_image_and_missing_weights(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "o.mp4"
+    assert main(["generate", "--config_file", str(tiny_model), "--image_path", str(bad),
+                 "--output_path", str(out)]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    config = json.loads(tiny_model.read_text())
+    config["runtime_config"]["load"] = str(tmp_path / "no_weights_here")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(config))
+    assert main(["generate", "--config_file", str(broken), "--output_path", str(out)]) == 2
+    assert "no_weights_here" in capsys.readouterr().err
+    assert not out.exists()
