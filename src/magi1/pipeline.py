@@ -223,7 +223,8 @@ class MagiPipeline:
     # ------------------------------------------------------------------ the generator
     def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
                prompt_embeds: torch.Tensor | None = None, prompt_attention_mask: torch.Tensor | None = None,
-               image=None, video=None, num_frames: int | None = None, height: int | None = None,
+               image=None, video=None, prefix_latents: torch.Tensor | None = None,
+               num_frames: int | None = None, height: int | None = None,
                width: int | None = None, num_inference_steps: int | None = None, seed: int | None = None,
                generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
@@ -234,6 +235,8 @@ class MagiPipeline:
 
         `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
         the CPU from `generator` or from a generator seeded with `seed` (default: the config's seed).
+        prefix_latents: an already-encoded scaled VAE latent instead of `image` / `video` (the official
+        `prefix_video` tensor: 1 frame for i2v, Tp frames for v2v).
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
         """
@@ -247,7 +250,13 @@ class MagiPipeline:
         config, run = self.settings_for(height=height, width=width, num_frames=num_frames,
                                         num_inference_steps=num_inference_steps, seed=seed)
         r, m = config.runtime_config, config.model_config
-        prefix = self.encode_prefix(config, image=image, video=video, keep_aspect=keep_aspect)
+        if prefix_latents is not None:
+            if image is not None or video is not None:
+                raise InputError("give prefix_latents or an image / video, not both")
+            # Already-encoded, scaled VAE latents: (1, 16, 1, h, w) for i2v, (1, 16, Tp, h, w) for v2v.
+            prefix = prefix_latents.float().cpu()
+        else:
+            prefix = self.encode_prefix(config, image=image, video=video, keep_aspect=keep_aspect)
         prefix_frames = 0 if prefix is None else prefix.shape[2]
         total_chunks, clean_chunks = chunk_counts(run.num_frames, prefix_frames, r.chunk_width,
                                                   r.temporal_downsample_factor)
