@@ -116,7 +116,7 @@ class RunSettings:
     extra: dict = field(default_factory=dict)
 
 
-def check_weights_present(config: MagiConfig) -> None:
+def check_weights_present(config: MagiConfig, *, text_encoder: bool = True, vae: bool = True) -> None:
     """Fail fast, before loading anything, when a folder the config names is missing."""
     from .checkpoint.layout import weight_dir
 
@@ -124,12 +124,22 @@ def check_weights_present(config: MagiConfig) -> None:
     if not r.load:
         raise MissingWeightsError("runtime_config.load is not set: point it at the checkpoint root folder")
     weight_dir(config.resolve_path(r.load), distill=e.distill, fp8_quant=e.fp8_quant)
-    vae = config.resolve_path(r.vae_pretrained)
-    if not vae or not (Path(vae) / "config.json").is_file():
-        raise MissingWeightsError(f"VAE folder {vae!r} (runtime_config.vae_pretrained) has no config.json")
-    t5 = config.resolve_path(r.t5_pretrained)
-    if not t5 or not Path(t5).is_dir():
-        raise MissingWeightsError(f"text encoder folder {t5!r} (runtime_config.t5_pretrained) does not exist")
+    if vae and not _vae_present(config):
+        raise MissingWeightsError(f"VAE folder {config.resolve_path(r.vae_pretrained)!r} "
+                                  f"(runtime_config.vae_pretrained) has no config.json")
+    if text_encoder and not _t5_present(config):
+        raise MissingWeightsError(f"text encoder folder {config.resolve_path(r.t5_pretrained)!r} "
+                                  f"(runtime_config.t5_pretrained) does not exist")
+
+
+def _vae_present(config: MagiConfig) -> bool:
+    folder = config.resolve_path(config.runtime_config.vae_pretrained)
+    return bool(folder) and (Path(folder) / "config.json").is_file()
+
+
+def _t5_present(config: MagiConfig) -> bool:
+    folder = config.resolve_path(config.runtime_config.t5_pretrained)
+    return bool(folder) and Path(folder).is_dir()
 
 
 class GenerationCancelled(Exception):
@@ -157,16 +167,22 @@ class MagiPipeline:
         from .sampling.special_tokens import SpecialTokens
 
         config = load_config(config)
-        check_weights_present(config)
+        # The DiT must be there; T5 and the VAE only when a prompt is encoded or frames decoded (a run given
+        # prompt_embeds and returning latents needs neither), so their absence is reported at first use.
+        check_weights_present(config, text_encoder=False, vae=False)
         device = pick_device(device)
         dtype = parse_dtype(dtype) if dtype is not None else None
         r = config.runtime_config
         dit = load_dit(config, device=device, dtype=dtype)
-        vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=dtype)
-        # T5 runs where the config says (the 4.5B configs keep it on the CPU); "cuda" falls back when absent.
-        text_device = pick_device(t5_device or ("auto" if r.t5_device != "cpu" else "cpu"))
-        text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
-                                     max_length=config.model_config.caption_max_length)
+        vae = None
+        if _vae_present(config):
+            vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=dtype)
+        text_encoder = None
+        if _t5_present(config):
+            # T5 runs where the config says (the 4.5B configs keep it on the CPU); "cuda" falls back when absent.
+            text_device = pick_device(t5_device or ("auto" if r.t5_device != "cpu" else "cpu"))
+            text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
+                                         max_length=config.model_config.caption_max_length)
         special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
         return cls(config, dit, vae, text_encoder, device=device, special_tokens=special)
 
@@ -190,6 +206,8 @@ class MagiPipeline:
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """T5 embeddings (1, 1, Lc, C) float32 and masks (1, Lc) for each prompt, cached per prompt."""
+        if self.text_encoder is None:
+            check_weights_present(self.config, vae=False)  # raises, naming the missing folder
         embeds, masks = [], []
         for text in prompts:
             emb, mask = self.text_encoder.encode(text)
@@ -204,6 +222,8 @@ class MagiPipeline:
         from .models.vae_helpers import encode_image, encode_video
 
         r = config.runtime_config
+        if (image is not None or video is not None) and self.vae is None:
+            check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
         if image is not None and video is not None:
             raise InputError("give an image (i2v) or a video (v2v), not both")
         if image is not None:
@@ -247,6 +267,8 @@ class MagiPipeline:
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if output_type != "latent" and self.vae is None:
+            check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
         config, run = self.settings_for(height=height, width=width, num_frames=num_frames,
                                         num_inference_steps=num_inference_steps, seed=seed)
         r, m = config.runtime_config, config.model_config
