@@ -1,0 +1,294 @@
+// The magi1 page: compose a job, watch it run, play each chunk as soon as the server has it.
+// Plain DOM code, no build step. Job data is only ever put into the page with textContent, never as HTML.
+"use strict";
+
+const POLL_JOB_MS = 700;
+const POLL_LIST_MS = 2500;
+const ACCEPT = {
+  i2v: "image/png,image/jpeg,image/webp,image/bmp",
+  v2v: "video/mp4,video/quicktime,video/webm,video/x-matroska,video/x-msvideo,.mkv,.avi",
+};
+
+const $ = (id) => document.getElementById(id);
+let mode = "t2v";
+let limits = null;
+
+// ------------------------------------------------------------------ API
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* an empty or non-JSON body */ }
+  if (!response.ok) {
+    const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))
+                                       : response.statusText;
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+// ------------------------------------------------------------------ model status and defaults
+async function refreshInfo() {
+  try {
+    const info = await api("/v1/info");
+    limits = info.limits;
+    const badge = $("model-status");
+    badge.textContent = `model ${info.model}`;
+    badge.className = `badge ${info.model}`;
+    applyLimits(info.limits, info.defaults);
+    if (info.model === "loading") setTimeout(refreshInfo, 2000);
+  } catch (err) {
+    $("model-status").textContent = "server unreachable";
+    setTimeout(refreshInfo, 4000);
+  }
+}
+
+function applyLimits(lim, defaults) {
+  const caps = { num_frames: lim.max_frames, height: lim.max_height, width: lim.max_width, steps: lim.max_steps };
+  for (const [id, cap] of Object.entries(caps)) $(id).max = cap;
+  if (!defaults) return;
+  for (const id of ["num_frames", "height", "width", "steps", "seed"]) {
+    if (defaults[id] !== undefined && defaults[id] !== null) $(id).placeholder = String(defaults[id]);
+  }
+}
+
+// ------------------------------------------------------------------ composing
+function selectMode(next) {
+  mode = next;
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.mode === mode));
+  }
+  const needsFile = mode !== "t2v";
+  $("upload-row").hidden = !needsFile;
+  $("keep-aspect-row").hidden = !needsFile;
+  $("upload-label").textContent = mode === "i2v" ? "Image" : "Video to continue";
+  $("file").accept = ACCEPT[mode] || "";
+  $("file").value = "";
+  showPreview(null);
+}
+
+function showPreview(file) {
+  const img = $("image-preview");
+  const vid = $("video-preview");
+  for (const el of [img, vid]) {
+    if (el.src.startsWith("blob:")) URL.revokeObjectURL(el.src);
+    el.removeAttribute("src");
+    el.hidden = true;
+  }
+  if (!file) return;
+  const target = file.type.startsWith("video/") || mode === "v2v" ? vid : img;
+  target.src = URL.createObjectURL(file);
+  target.hidden = false;
+}
+
+// "2: a new prompt" lines -> {"2": "a new prompt"}; throws on a line it cannot read.
+function parseChunkPrompts(text) {
+  const schedule = {};
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line) continue;
+    const match = /^(\d+)\s*:\s*(.+)$/.exec(line);
+    if (!match) throw new Error(`chunk prompt line "${line.slice(0, 40)}" should look like "2: a new prompt"`);
+    schedule[match[1]] = match[2];
+  }
+  return Object.keys(schedule).length ? schedule : null;
+}
+
+function buildForm() {
+  const form = new FormData();
+  form.append("mode", mode);
+  form.append("prompt", $("prompt").value.trim());
+  const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
+  if (chunkPrompts) form.append("chunk_prompts", JSON.stringify(chunkPrompts));
+  for (const id of ["num_frames", "height", "width", "steps", "seed"]) {
+    const value = $(id).value.trim();
+    if (value) form.append(id, value);
+  }
+  if (mode !== "t2v") {
+    const file = $("file").files[0];
+    if (!file) throw new Error(mode === "i2v" ? "choose an image first" : "choose a video first");
+    if (limits && file.size > limits.max_upload_bytes) {
+      throw new Error(`the file is ${file.size} bytes; this server accepts up to ${limits.max_upload_bytes}`);
+    }
+    form.append("file", file);
+    form.append("keep_aspect", $("keep_aspect").checked ? "true" : "false");
+  }
+  return form;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const message = $("form-message");
+  message.textContent = "";
+  if (!$("prompt").value.trim()) {
+    message.textContent = "write a prompt first";
+    return;
+  }
+  $("submit").disabled = true;
+  try {
+    const job = await api("/v1/jobs", { method: "POST", body: buildForm() });
+    watch(job.id);
+    refreshList();
+  } catch (err) {
+    message.textContent = err.message;
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------ watching one job
+// The player walks a playlist: one short mp4 per finished chunk, then the whole video once the job is done.
+const watcher = { id: null, state: null, timer: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true };
+
+function watch(jobId) {
+  clearTimeout(watcher.timer);
+  Object.assign(watcher, { id: jobId, state: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true });
+  const player = $("player");
+  delete player.dataset.src;
+  player.removeAttribute("src");
+  player.load();
+  $("job-label").textContent = jobId.slice(0, 8);
+  $("download").hidden = true;
+  pollJob();
+}
+
+async function pollJob() {
+  const id = watcher.id;
+  let job;
+  try {
+    job = await api(`/v1/jobs/${id}`);
+  } catch (err) {
+    if (id === watcher.id) $("progress-text").textContent = err.message;
+    return;
+  }
+  if (id !== watcher.id) return;  // the user switched to another job meanwhile
+  if (job.state !== watcher.state) {
+    watcher.state = job.state;
+    refreshList();  // keep the job list in step with what the player shows
+  }
+  showProgress(job);
+  for (const url of job.urls.chunks.slice(watcher.playlist.length)) watcher.playlist.push(url);
+  const finished = ["done", "failed", "cancelled"].includes(job.state);
+  if (finished) {
+    watcher.finished = true;
+    watcher.fullVideo = job.urls.video;
+    if (job.urls.video) {
+      const link = $("download");
+      link.href = `${job.urls.video}?download=1`;
+      link.hidden = false;
+    }
+  } else {
+    watcher.timer = setTimeout(pollJob, POLL_JOB_MS);
+  }
+  if (watcher.idle) playNext();
+}
+
+function showProgress(job) {
+  $("progress").value = job.progress;
+  const parts = [job.state];
+  if (job.state === "queued" && job.queue_position) parts.push(`position ${job.queue_position}`);
+  if (job.num_chunks) parts.push(`${job.chunks_ready}/${job.num_chunks} chunks`);
+  if (job.state === "running" && job.total_steps) parts.push(`step ${job.step}/${job.total_steps}`);
+  parts.push(`${Math.round(job.progress * 100)}%`);
+  if (job.error) parts.push(job.error);
+  $("progress-text").textContent = parts.join(" · ");
+  $("cancel").hidden = ["done", "failed", "cancelled"].includes(job.state) || job.cancel_requested;
+}
+
+function playNext() {
+  const player = $("player");
+  if (watcher.next < watcher.playlist.length) {
+    watcher.idle = false;
+    player.src = watcher.playlist[watcher.next++];
+    player.play().catch(() => { /* autoplay refused: the controls are there */ });
+  } else if (watcher.finished && watcher.fullVideo && player.dataset.src !== watcher.fullVideo) {
+    // Every chunk has played: leave the whole video in the player, ready to replay.
+    watcher.idle = false;
+    player.dataset.src = watcher.fullVideo;
+    player.src = watcher.fullVideo;
+    if (watcher.playlist.length === 0) player.play().catch(() => {});
+  } else {
+    watcher.idle = true;  // waiting for the next chunk
+  }
+}
+
+// ------------------------------------------------------------------ the job list
+async function refreshList() {
+  try {
+    const data = await api("/v1/jobs");
+    renderJobs(data.jobs);
+    $("queue-status").textContent = `${data.running ? "1 running" : "idle"}, ${data.queued}/${data.max_queue} queued`;
+  } catch (_) { /* the status badge already says the server is unreachable */ }
+}
+
+function renderJobs(jobs) {
+  const body = $("jobs");
+  body.replaceChildren();
+  $("no-jobs").hidden = jobs.length > 0;
+  for (const job of jobs) {
+    const row = document.createElement("tr");
+    const cell = (text, cls) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (cls) td.className = cls;
+      row.appendChild(td);
+      return td;
+    };
+    cell(`${job.id.slice(0, 8)} ${new Date(job.created_at * 1000).toLocaleTimeString()}`);
+    cell(job.mode);
+    cell(job.prompt || "", "prompt").title = job.prompt || "";
+    const active = job.state === "queued" || job.state === "running";
+    cell(active ? `${job.state} ${Math.round(job.progress * 100)}%` : job.state, `state ${job.state}`).title = job.error || "";
+    const actions = cell("");
+    actions.appendChild(button("Show", () => watch(job.id)));
+    if (active && !job.cancel_requested) actions.appendChild(button("Cancel", () => cancelJob(job.id)));
+    actions.appendChild(button("Delete", () => deleteJob(job.id)));
+    body.appendChild(row);
+  }
+}
+
+function button(label, onClick) {
+  const el = document.createElement("button");
+  el.type = "button";
+  el.textContent = label;
+  el.addEventListener("click", onClick);
+  return el;
+}
+
+async function cancelJob(id) {
+  try { await api(`/v1/jobs/${id}/cancel`, { method: "POST" }); } catch (err) { $("form-message").textContent = err.message; }
+  refreshList();
+}
+
+async function deleteJob(id) {
+  try { await api(`/v1/jobs/${id}`, { method: "DELETE" }); } catch (err) { $("form-message").textContent = err.message; }
+  if (id === watcher.id) {
+    clearTimeout(watcher.timer);
+    watcher.id = null;
+    $("player").removeAttribute("src");
+    $("job-label").textContent = "nothing yet";
+    $("progress-text").textContent = "";
+    $("progress").value = 0;
+    $("cancel").hidden = true;
+    $("download").hidden = true;
+  }
+  refreshList();
+}
+
+function listLoop() {
+  refreshList().finally(() => setTimeout(listLoop, POLL_LIST_MS));
+}
+
+// ------------------------------------------------------------------ start
+document.addEventListener("DOMContentLoaded", () => {
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => selectMode(tab.dataset.mode));
+  $("file").addEventListener("change", () => showPreview($("file").files[0] || null));
+  $("job-form").addEventListener("submit", submitJob);
+  $("cancel").addEventListener("click", () => watcher.id && cancelJob(watcher.id));
+  const player = $("player");
+  player.addEventListener("ended", playNext);
+  player.addEventListener("error", playNext);  // a chunk that will not play should not stall the rest
+  player.addEventListener("playing", () => { player.dataset.played = "true"; });
+  selectMode("t2v");
+  refreshInfo();
+  listLoop();
+});
