@@ -210,6 +210,21 @@ def add_eval_parser(subparsers) -> None:
     p.set_defaults(func=lambda args: _delegate_argv("magi1.eval.cli", "main_eval", args.rest))
 
 
+def add_make_tiny_parser(subparsers) -> None:
+    p = subparsers.add_parser("make-tiny", help="write a tiny random-weight model in the official layout (smoke tests)")
+    p.add_argument("folder", help="where to write config.json, dit/, vae/, t5/")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_make_tiny)
+
+
+def run_make_tiny(args) -> int:
+    from .testing import make_tiny_model_folder
+
+    path = make_tiny_model_folder(args.folder, seed=args.seed)
+    print(f"wrote {path} (random weights: its videos are noise; for checking that every code path runs)")
+    return 0
+
+
 def _delegate(module: str, func: str, args) -> int:
     import importlib
 
@@ -233,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(subparsers)
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
+    add_make_tiny_parser(subparsers)
     return parser
 
 
