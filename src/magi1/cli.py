@@ -159,12 +159,24 @@ def _check_readable_image(path: str) -> None:
 
 def run_generate(args) -> int:
     mode, config = validate_generate_args(args)
-    from .pipeline import MagiPipeline
+    from .parallel import is_output_rank, quiet_other_ranks, setup_from_env, teardown
     from .runtime import set_threads
 
     set_threads(args.threads)
-    pipe = MagiPipeline.from_pretrained(config, device=args.device, dtype=args.dtype,
-                                        special_tokens_path=args.special_tokens)
+    # None unless launched by torchrun with several processes; a multi-GPU config run alone warns and runs.
+    ctx = setup_from_env(config, single_process_fallback=True)
+    quiet_other_ranks(ctx)
+    try:
+        return _generate(args, mode, config, ctx, is_output_rank(ctx))
+    finally:
+        teardown(ctx)
+
+
+def _generate(args, mode, config, ctx, output_rank: bool) -> int:
+    from .pipeline import MagiPipeline
+
+    pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
+                                        special_tokens_path=args.special_tokens, parallel=ctx)
     prompt = args.prompt or DEFAULT_PROMPT
     chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
     if chunk_prompts:
@@ -179,7 +191,8 @@ def run_generate(args) -> int:
         resume=args.resume,
         progress=not args.quiet,
     )
-    print(report.summary())
+    if output_rank:
+        print(report.summary())
     return 0
 
 

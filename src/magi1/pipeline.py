@@ -147,19 +147,21 @@ class GenerationCancelled(Exception):
 
 
 class MagiPipeline:
-    def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device, special_tokens=None):
+    def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device, special_tokens=None,
+                 parallel=None):
         self.config = config
         self.dit = dit
         self.vae = vae
         self.text_encoder = text_encoder
         self.device = device
         self.special_tokens = special_tokens
+        self.parallel = parallel  # a magi1.parallel.ParallelContext under torchrun, else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, config: str | Path | MagiConfig = "demo", *, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, special_tokens_path: str | None = None,
-                        t5_device: str | None = None) -> "MagiPipeline":
+                        t5_device: str | None = None, parallel=None) -> "MagiPipeline":
         """Build from an official config JSON, a preset name, or a MagiConfig; weights from the paths it names."""
         from .checkpoint.loader import load_dit
         from .models.text_encoder import T5TextEncoder
@@ -173,18 +175,21 @@ class MagiPipeline:
         device = pick_device(device)
         dtype = parse_dtype(dtype) if dtype is not None else None
         r = config.runtime_config
-        dit = load_dit(config, device=device, dtype=dtype)
+        from .parallel import is_text_rank, parallelize_dit
+
+        dit = load_dit(config, device=device, dtype=dtype, pp_rank=parallel.pp_rank if parallel else 0)
+        parallelize_dit(dit, parallel)
         vae = None
         if _vae_present(config):
             vae = ViTVAE.from_pretrained(config.resolve_path(r.vae_pretrained), device=device, dtype=dtype)
         text_encoder = None
-        if _t5_present(config):
+        if _t5_present(config) and is_text_rank(parallel):  # T5 runs on one rank; its output is broadcast
             # T5 runs where the config says (the 4.5B configs keep it on the CPU); "cuda" falls back when absent.
             text_device = pick_device(t5_device or ("auto" if r.t5_device != "cpu" else "cpu"))
             text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
                                          max_length=config.model_config.caption_max_length)
         special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
-        return cls(config, dit, vae, text_encoder, device=device, special_tokens=special)
+        return cls(config, dit, vae, text_encoder, device=device, special_tokens=special, parallel=parallel)
 
     @property
     def dit_device(self) -> torch.device:
@@ -206,14 +211,20 @@ class MagiPipeline:
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """T5 embeddings (1, 1, Lc, C) float32 and masks (1, Lc) for each prompt, cached per prompt."""
-        if self.text_encoder is None:
-            check_weights_present(self.config, vae=False)  # raises, naming the missing folder
-        embeds, masks = [], []
-        for text in prompts:
-            emb, mask = self.text_encoder.encode(text)
-            embeds.append(emb.float().cpu())
-            masks.append(mask.cpu())
-        return embeds, masks
+        from .parallel import broadcast_text, is_text_rank
+
+        embeds = masks = None
+        if is_text_rank(self.parallel):
+            if self.text_encoder is None:
+                check_weights_present(self.config, vae=False)  # raises, naming the missing folder
+            embeds, masks = [], []
+            for text in prompts:
+                emb, mask = self.text_encoder.encode(text)
+                embeds.append(emb.float().cpu())
+                masks.append(mask.cpu())
+        if self.parallel is None:
+            return embeds, masks
+        return broadcast_text(embeds, masks, self.parallel)
 
     def encode_prefix(self, config: MagiConfig, *, image=None, video=None, keep_aspect: bool = False):
         """The scaled VAE latent of the conditioning image (1,16,1,h,w) or prefix video (1,16,Tp,h,w), or None."""
@@ -260,7 +271,7 @@ class MagiPipeline:
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
         """
-        from .models.vae_helpers import decode_chunk
+        from .parallel import is_output_rank, parallel_decode_chunk
         from .sampling.chunk_plan import plan_forward_steps
         from .sampling.conditioning import DEFAULT_POSITIVE, build_conditioning
         from .sampling.sampler import chunk_counts, emitted_frames, sample_chunks
@@ -324,12 +335,14 @@ class MagiPipeline:
             replayed = [resume_state.latent[:, :, slice(*emitted_frames(clean_chunks + i, r.chunk_width,
                                                                           prefix_frames))]
                         for i in range(resume_state.finished_chunks)]
-        chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix, progress=progress,
-                               callback=on_step, resume_from=resume_from)
+        chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix,
+                               progress=progress and is_output_rank(self.parallel), callback=on_step,
+                               resume_from=resume_from)
         for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
             if output_type != "latent":
-                frames = decode_chunk(self.vae, chunk_latents, fps=r.fps, out_device="cpu").numpy()
+                frames = parallel_decode_chunk(self.vae, chunk_latents, self.parallel, fps=r.fps,
+                                               out_device="cpu").numpy()
             if callback is not None:
                 callback({"type": "chunk", "index": index, "num_chunks": num_generated})
             yield ChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
@@ -360,7 +373,14 @@ class MagiPipeline:
         """
         from .io.video import VideoWriter
 
+        from .parallel import is_output_rank
+
         path = Path(path)
+        if not is_output_rank(self.parallel):
+            # Other ranks take part in every collective of the run but write nothing.
+            for _ in self.stream(progress=False, **kwargs):
+                pass
+            return GenerationReport(str(path), 0, 0, 0.0, None)
         state_file = resume_state_path(path)
         resume_state = None
         if resume:

@@ -65,6 +65,9 @@ class MagiDiT(nn.Module):
         self.videodit_blocks = TransformerBlocks(c, fp8_quant)
         self.final_linear = FinalLinear(c.hidden_size, c.patch_size * c.patch_size * c.t_patch_size * c.out_channels)
         self.apply_precision(parse_dtype(c.params_dtype))
+        # Set by magi1.parallel.parallelize_dit: shards the tokens, wraps the attention core and runs this
+        # rank's stage of layers (the plan does all communication; this file has none). None on one process.
+        self.parallel = None
         self.eval()
 
     # ------------------------------------------------------------------ precision
@@ -137,6 +140,8 @@ class MagiDiT(nn.Module):
         if not self.distill and step_size is not None:
             raise ValueError("step_size is only for distilled models")
         record: dict[str, torch.Tensor] | None = {} if return_intermediates else None
+        if record is not None and self.parallel is not None:
+            raise ValueError("return_intermediates is not available with a parallel plan")
 
         # ---- patch embedding (float32 region)
         x = x * c.x_rescale_factor  # in x's own dtype: bf16 for official prefix extraction
@@ -155,6 +160,14 @@ class MagiDiT(nn.Module):
         rope_sin, rope_cos = self.rope.sin_cos(
             frames=token_frames, rows=rows, cols=cols, first_frame=chunk_frames * slice_point
         )
+
+        # ---- this process's tokens [lo, hi) of every batch element (all of them without a parallel plan);
+        # rope rows, gates and cross-attention queries follow the shard, self attention sees all tokens
+        lo, hi = (0, seq) if self.parallel is None else self.parallel.token_slice(seq)
+        sharded = (lo, hi) != (0, seq)
+        if sharded:
+            tokens = tokens[:, lo:hi].contiguous()  # (B, hi - lo, D)
+            rope_sin, rope_cos = rope_sin[lo:hi], rope_cos[lo:hi]
 
         # ---- condition (B, R, cond): time embedding (+ step size) + adaLN null row
         t_flat = t.float().flatten()
@@ -176,7 +189,8 @@ class MagiDiT(nn.Module):
         caption_starts = [0]
         for n in caption_lengths:
             caption_starts.append(caption_starts[-1] + n)
-        cross = RangeAttention(query_ranges, list(zip(caption_starts[:-1], caption_starts[1:])))
+        cross = RangeAttention(shard_chunk_ranges(batch, chunks, ctn, lo, hi),
+                               list(zip(caption_starts[:-1], caption_starts[1:])))
         key_ranges, exchange = self._plan_self_attention(
             kv_range, batch, chunks, ctn, seq, kv_cache, slice_point, read_cache, write_cache, skip_last_chunk_write
         )
@@ -191,6 +205,8 @@ class MagiDiT(nn.Module):
             self_attention=RangeAttention(query_ranges, key_ranges),
             cross_attention=cross,
             exchange_kv=exchange,
+            token_chunks=torch.arange(lo, hi, device=x.device) // ctn if sharded else None,
+            attention_core=None if self.parallel is None else self.parallel.attention_core,
         )
         if record is not None:
             record["pre.x_tokens"] = tokens.transpose(0, 1)
@@ -205,16 +221,20 @@ class MagiDiT(nn.Module):
             record["pre.core_k_range"] = kv_range.to(torch.int32)
 
         # ---- transformer
-        h = tokens
-        for i, layer in enumerate(self.videodit_blocks.layers):
-            h = layer(h, ctx)
+        if self.parallel is not None:  # this rank's stage on its tokens; returns every token's output
+            out = self.parallel.run_stage(self._run_layers, self._output_head, tokens, ctx,
+                                          self.final_linear.linear.out_features)  # (B, S, pt*p*p*C_out)
+        else:
+            h = tokens
+            for i, layer in enumerate(self.videodit_blocks.layers):
+                h = layer(h, ctx)
+                if record is not None:
+                    record[f"layer{i}.out"] = h.transpose(0, 1)
+            h = self.videodit_blocks.final_layernorm(h.float())
+            out = self.final_linear(h)  # (B, S, pt*p*p*C_out) float32
             if record is not None:
-                record[f"layer{i}.out"] = h.transpose(0, 1)
-        h = self.videodit_blocks.final_layernorm(h.float())
-        out = self.final_linear(h)  # (B, S, pt*p*p*C_out) float32
-        if record is not None:
-            record["blocks.out_after_final_layernorm"] = h.transpose(0, 1)
-            record["final_linear.out"] = out.transpose(0, 1)
+                record["blocks.out_after_final_layernorm"] = h.transpose(0, 1)
+                record["final_linear.out"] = out.transpose(0, 1)
 
         # ---- unpatchify: feature (pt, ph, pw, C) with C fastest -> (B, C, Tt*pt, Hp*p, Wp*p)
         out = out.reshape(batch, token_frames, rows, cols, pt, p, p, c.out_channels)
@@ -223,6 +243,16 @@ class MagiDiT(nn.Module):
             out = out[:, : c.out_channels // 2]
         out = out / c.x_rescale_factor
         return (out, record) if record is not None else out
+
+    def _run_layers(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """(B, S, D) through every layer this model holds -> (B, S, D)."""
+        for layer in self.videodit_blocks.layers:
+            h = layer(h, ctx)
+        return h
+
+    def _output_head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) -> (B, S, pt*p*p*C_out) float32: final norm and linear."""
+        return self.final_linear(self.videodit_blocks.final_layernorm(h.float()))
 
     def _plan_self_attention(
         self,
@@ -267,6 +297,18 @@ class MagiDiT(nn.Module):
         kv_cache.set_block_tokens(ctn)
         access = CacheAccess(kv_cache, read_start=first_row, read_end=cached, write_rows=max(write_rows, 0))
         return spans, access.exchange
+
+
+def shard_chunk_ranges(batch: int, chunks: int, ctn: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Per chunk row (b * chunks + r), its tokens within the shard [lo, hi) of each batch element, as
+    ranges of the packed shard (batch-major, hi - lo tokens per element); empty where a chunk lies outside."""
+    local = hi - lo
+    ranges = []
+    for b in range(batch):
+        for r in range(chunks):
+            start, end = min(max(r * ctn, lo), hi) - lo, min(max((r + 1) * ctn, lo), hi) - lo
+            ranges.append((b * local + start, b * local + end))
+    return ranges
 
 
 def official_forward(

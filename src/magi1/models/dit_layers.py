@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..ops import half_math
 from ..ops.attention import RangeAttention
-from .rope import apply_rotary
+from .rope import apply_rotary, apply_rotary_
 
 FREQUENCY_EMBEDDING_SIZE = 256
 TIMESTEP_SCALE = 1000  # the network sees t * 1000 in the sinusoid
@@ -117,6 +118,9 @@ class LayerContext:
     caption_tokens: (L_total, xattn) compute dtype, the unmasked caption tokens of every chunk row;
     self_attention / cross_attention: range plans over the packed (batch-major) tokens;
     exchange_kv: merges a layer's (B, S, ng, 2hd) K/V with the cache -> (B, Sk, ng, 2hd), or None.
+    token_chunks: (S,) chunk of each token when the tokens are a shard not aligned to chunks (context
+    parallel), else None; attention_core: replaces cache exchange + self attention, (q (B, S, nh, hd),
+    kv (B, S, ng, 2hd), ctx, layer index) -> (B, S, nh, hd), e.g. a Ulysses all-to-all wrapper, or None.
     """
 
     batch: int
@@ -129,10 +133,17 @@ class LayerContext:
     self_attention: RangeAttention
     cross_attention: RangeAttention
     exchange_kv: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    token_chunks: torch.Tensor | None = None
+    attention_core: Callable[..., torch.Tensor] | None = None
 
 
-def per_chunk_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """x: (B, S, D) float32 times gate (B, R, D) float32 of each token's chunk -> (B, S, D)."""
+def per_chunk_gate(x: torch.Tensor, gate: torch.Tensor, token_chunks: torch.Tensor | None = None) -> torch.Tensor:
+    """x: (B, S, D) float32 times gate (B, R, D) float32 of each token's chunk -> (B, S, D).
+
+    token_chunks (S,): the chunk of each token, needed when x holds a shard of the tokens (context parallel).
+    """
+    if token_chunks is not None:
+        return x * gate[:, token_chunks]
     b, s, d = x.shape
     r = gate.shape[1]
     # (B, S, D) -> (B, R, ctn, D): tokens of chunk r are contiguous
@@ -141,7 +152,27 @@ def per_chunk_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 def project_in_dtype(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a linear and keep x's dtype (FP8 linears return bf16 whatever the compute dtype)."""
+    if type(linear) is nn.Linear:  # half GEMMs run as float32 GEMMs on CPUs without half units (half_math)
+        return half_math.linear(x, linear.weight, linear.bias)
     return linear(x).to(x.dtype)
+
+
+def gated_post_norm_residual(h: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, norm: nn.Module,
+                             token_chunks: torch.Tensor | None = None) -> torch.Tensor:
+    """(h.float() + norm(x.float() * gate of each token's chunk)) rounded once to h's dtype.
+
+    Gate, then post-norm, then the residual add in float32. Without autograd the product and the sum are
+    formed in place (x is a fresh projection output that nobody reads again): the same values bit for bit.
+    """
+    if torch.is_grad_enabled():
+        return (h.float() + norm(per_chunk_gate(x.float(), gate.float(), token_chunks))).to(h.dtype)
+    x, gate = x.float(), gate.float()
+    if token_chunks is not None:
+        x.mul_(gate[:, token_chunks])
+    else:
+        b, s, d = x.shape
+        x.view(b, gate.shape[1], s // gate.shape[1], d).mul_(gate[:, :, None, :])
+    return norm(x).add_(h).to(h.dtype)  # fp32 += h upcast: the same sum as h.float() + norm(...)
 
 
 def _fp8_linears():
@@ -200,7 +231,8 @@ class ParallelAttention(nn.Module):
         """(B, S, n*hd) -> (B, S, n, hd): per-head fp32 norm, rotary in fp32, back to the compute dtype."""
         b, s, _ = projected.shape
         heads = projected.reshape(b, s, -1, self.head_dim)
-        out = apply_rotary(norm(heads.float()), ctx.rope_sin, ctx.rope_cos)
+        rotate = apply_rotary if torch.is_grad_enabled() else apply_rotary_  # in place on the fresh norm output
+        out = rotate(norm(heads.float()), ctx.rope_sin, ctx.rope_cos)
         return out.to(projected.dtype)
 
     def self_attention(self, ln: torch.Tensor, ctx: LayerContext, layer_index: int) -> torch.Tensor:
@@ -209,6 +241,8 @@ class ParallelAttention(nn.Module):
         k = self._rotated(project_in_dtype(self.linear_qkv.k, ln), self.k_layernorm, ctx)  # (B, S, ng, hd)
         v = project_in_dtype(self.linear_qkv.v, ln).reshape(b, s, self.kv_heads, self.head_dim)
         kv = torch.cat([k, v], dim=-1)  # (B, S, ng, 2hd): the unit the KV cache stores
+        if ctx.attention_core is not None:  # e.g. context parallel: heads <-> tokens exchange around the core
+            return ctx.attention_core(q, kv, ctx, layer_index).reshape(b, s, self.heads * self.head_dim)
         if ctx.exchange_kv is not None:
             kv = ctx.exchange_kv(layer_index, kv)  # (B, P + S, ng, 2hd)
         kv = kv.reshape(-1, self.kv_heads, 2 * self.head_dim)  # batch-major packed keys
@@ -223,7 +257,7 @@ class ParallelAttention(nn.Module):
         tokens = ctx.caption_tokens
         # Eight row-block GEMMs as in the official code (same math as one GEMM, kept for bit parity).
         blocks = torch.chunk(self.linear_kv_xattn.weight, 8, dim=0)
-        kv = torch.cat([torch.matmul(tokens, w.t()) for w in blocks], dim=1)
+        kv = torch.cat([half_math.linear(tokens, w) for w in blocks], dim=1)
         # (L, 2*ng*hd) -> (L, ng, 2hd): per group, K then V
         kv = kv.view(tokens.shape[0], self.kv_heads, 2 * self.head_dim)
         kx = self.k_layernorm_xattn(kv[..., : self.head_dim])
@@ -234,10 +268,14 @@ class ParallelAttention(nn.Module):
     def project(self, core: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
         """Interleave [self | cross] in 8 head slices and project: fp32 output (compute dtype for FP8)."""
         b, s, width = core.shape
-        both = torch.cat([core, cross], dim=-1)
         groups = OUTPUT_INTERLEAVE_GROUPS
-        # (.., [2][8][d']) -> (.., [8][2][d']): self slice g, cross slice g, self slice g+1, ...
-        both = both.reshape(b, s, 2, groups, width // groups).transpose(2, 3).reshape(b, s, 2 * width)
+        # [self | cross] as (.., [8][2][d']): self slice g, cross slice g, self slice g+1, ... written straight
+        # into one buffer, already in float32 (the dtype of the GEMM below) unless the layer is FP8
+        both = torch.empty(b, s, groups, 2, width // groups, device=core.device,
+                           dtype=core.dtype if self.quantized else torch.float32)
+        both[:, :, :, 0] = core.reshape(b, s, groups, width // groups)
+        both[:, :, :, 1] = cross.reshape(b, s, groups, width // groups)
+        both = both.reshape(b, s, 2 * width)
         if self.quantized:
             return project_in_dtype(self.linear_proj, both)
         return fp32_linear(both, self.linear_proj)
@@ -301,7 +339,6 @@ class TransformerLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         """h: (B, S, D) compute dtype -> (B, S, D) compute dtype."""
-        dtype = h.dtype
         attn = self.self_attention
         ln = attn.linear_qkv.layer_norm(h)
         core = attn.self_attention(ln, ctx, self.layer_number)
@@ -309,9 +346,10 @@ class TransformerLayer(nn.Module):
         o = attn.project(core, cross)
         gate_attn, gate_mlp = self.ada_modulate_layer(ctx.condition)
         # gate, then post-norm, then the residual; the sum in fp32 rounded once
-        h = (h.float() + self.self_attn_post_norm(per_chunk_gate(o.float(), gate_attn.float()))).to(dtype)
+        chunks = ctx.token_chunks
+        h = gated_post_norm_residual(h, o, gate_attn, self.self_attn_post_norm, chunks)
         m = self.mlp(h)
-        return (h.float() + self.mlp_post_norm(per_chunk_gate(m.float(), gate_mlp.float()))).to(dtype)
+        return gated_post_norm_residual(h, m, gate_mlp, self.mlp_post_norm, chunks)
 
 
 class TransformerBlocks(nn.Module):
