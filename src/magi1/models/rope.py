@@ -90,3 +90,20 @@ def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch
     rotated_first = first * c - second * s
     rotated_second = first * s + second * c
     return torch.cat([rotated_first, rotated_second, rest], dim=-1)
+
+
+def apply_rotary_(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` in place on x (no autograd), bit for bit the same values with two temporaries, not six.
+
+    first' = first*c - second*s and second' = second*c + first*s: the same roundings as above (a sum of two
+    rounded products does not depend on their order), and the unrotated tail is never touched.
+    """
+    half = sin.shape[-1]
+    s = sin[:, None, :]
+    c = cos[:, None, :]
+    first, second = x[..., :half], x[..., half : 2 * half]
+    first_sin = first * s
+    second_sin = second * s
+    first.mul_(c).sub_(second_sin)
+    second.mul_(c).add_(first_sin)
+    return x

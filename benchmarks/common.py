@@ -1,0 +1,140 @@
+"""Shared helpers for the benchmarks: timing, the machine's own GEMM / SDPA rates, and the results table.
+
+Benchmarks measure and print; they never assert. Speed is quoted as a ratio to rates measured in the same
+run, because the machines here are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from magi1.ops import half_math
+from magi1.runtime import synchronize
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{gpu}, {datetime.date.today().isoformat()}")
+
+
+def sync(device: torch.device) -> None:
+    synchronize(device)
+
+
+def time_it(fn, *, device: torch.device, warmup: int = 1, repeat: int = 3) -> float:
+    """Median wall seconds of `fn()` after `warmup` calls (synchronised on accelerators)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeat: int = 5, *,
+              half_mode: str = "native") -> float:
+    """FLOP/s of an n x n x n GEMM x @ W^T (the layout of every model linear) in `dtype`, random data.
+
+    half_mode (bf16 / fp16 only): "native" times torch's own half GEMM, "fp32" the float32 GEMM on the
+    widened half operands, conversions included (`magi1.ops.half_math`).
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    with half_math.half_math(half_mode):
+        seconds = time_it(lambda: half_math.linear(a, b), device=device, warmup=1, repeat=repeat)
+    return 2 * n**3 / seconds
+
+
+def sdpa_rate(dtype: torch.dtype, device: torch.device, *, heads: int = 16, kv_heads: int | None = None,
+              head_dim: int = 64, q_len: int = 1536, k_len: int = 6144, repeat: int = 3,
+              half_mode: str = "native") -> float:
+    """FLOP/s of torch SDPA for one query chunk over a long key span (the shape a window step has).
+
+    kv_heads < heads: grouped-query attention as the model runs it. half_mode as in `gemm_rate`.
+    """
+    from magi1.ops.attention import attend
+
+    kv_heads = kv_heads or heads
+    q = torch.randn(1, q_len, heads, head_dim, device=device).to(dtype)
+    k = torch.randn(1, k_len, kv_heads, head_dim, device=device).to(dtype)
+    v = torch.randn(1, k_len, kv_heads, head_dim, device=device).to(dtype)
+    with half_math.half_math(half_mode):
+        seconds = time_it(lambda: attend(q, k, v), device=device, warmup=1, repeat=repeat)
+    return 4 * heads * q_len * k_len * head_dim / seconds
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def save_section(title: str, body: str) -> None:
+    """Replace (or append) one `## title` section of docs/benchmarks.md."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\nWritten by `make bench` (benchmarks/*.py).\n"
+    marker = f"## {title}\n"
+    section = f"{marker}\n{body.strip()}\n\n"
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        nxt = rest.find("\n## ")
+        text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+def run_isolated(args: list[str], timeout: float | None = None) -> dict:
+    """Run `python <args>` in a fresh process that prints one JSON object as its last stdout line.
+
+    Peak RSS is per process, so each size of a memory benchmark runs in its own process.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")] if p)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{args} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median(values) -> float:
+    return statistics.median(values)

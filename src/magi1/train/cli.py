@@ -1,0 +1,223 @@
+"""`magi1 train ...`: the demo recipe, and each trainer on its own for your own data.
+
+    magi1 train demo      retrain the shipped demo model (VAE → latents → text → DiT → distill → presets)
+    magi1 train vae       train a ViT VAE on clips (synthetic, or a folder of mp4 + .txt captions)
+    magi1 train encode    encode clips into a latent cache with a trained VAE
+    magi1 train dit       train a DiT with the MAGI-1 objective on a latent cache
+    magi1 train distill   shortcut-distil a trained DiT into a few-step, cfg-free one
+
+Every trainer resumes from its `--workdir` when rerun with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _source(args):
+    """The clip source the flags describe: a folder of videos or the synthetic physics generator."""
+    if args.videos:
+        from .data import VideoFolder
+
+        return VideoFolder(args.videos, height=args.size, width=args.size, fps=args.fps, num_frames=args.frames)
+    from .synthetic import SceneConfig, SyntheticPhysicsDataset
+
+    return SyntheticPhysicsDataset(args.clips, SceneConfig(height=args.size, width=args.size, num_frames=args.frames),
+                                   first_seed=args.seed)
+
+
+def _add_source_flags(p, frames: int) -> None:
+    p.add_argument("--videos", default=None, help="folder of *.mp4 with same-name .txt captions (default: synthetic)")
+    p.add_argument("--clips", type=int, default=400, help="synthetic clips to generate")
+    p.add_argument("--frames", type=int, default=frames, help="frames per clip")
+    p.add_argument("--size", type=int, default=64, help="square frame size (multiple of 16)")
+    p.add_argument("--fps", type=int, default=24)
+
+
+def _add_loop_flags(p, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--workdir", required=True, help="resumable state and the loss log live here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between resumable saves")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _loop(args, name: str):
+    from .loop import LoopSettings
+
+    work = Path(args.workdir)
+    return LoopSettings(total_steps=args.steps, state_dir=str(work / f"state_{name}"),
+                        checkpoint_every_s=args.checkpoint_every, log_path=str(work / "loss_log.txt"), desc=name,
+                        progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magi1 train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+
+    from .demo_recipe import RecipeSettings
+
+    defaults = RecipeSettings()
+    p = sub.add_parser("demo", help="retrain the shipped demo model end to end")
+    p.add_argument("--workdir", default=defaults.workdir)
+    p.add_argument("--out-dir", default=defaults.out_dir, help="where vae/, t5/, dit/ and the log are written")
+    p.add_argument("--preset-dir", default=defaults.preset_dir, help="where demo.json / demo_distill.json go")
+    for name in ("seed", "vae_steps", "vae_clips", "dit_steps", "dit_clips", "distill_steps", "base_steps",
+                 "distill_infer_steps", "dit_tokens_per_step"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("vae", help="train a ViT VAE")
+    _add_source_flags(p, frames=48)
+    _add_loop_flags(p, steps=1600)
+    p.add_argument("--out", required=True, help="VAE folder to write (config.json + safetensors)")
+    p.add_argument("--ddconfig", default=None, help="JSON file or string with ddconfig overrides")
+    p.add_argument("--batch", type=int, default=4)
+
+    p = sub.add_parser("encode", help="encode clips into a latent cache")
+    _add_source_flags(p, frames=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", required=True, help="VAE folder")
+    p.add_argument("--out", required=True, help="latent cache file (.safetensors)")
+
+    for name, steps in (("dit", 2000), ("distill", 400)):
+        p = sub.add_parser(name, help="train a DiT with the MAGI-1 objective" if name == "dit"
+                           else "shortcut-distil a trained DiT")
+        _add_loop_flags(p, steps=steps)
+        p.add_argument("--config", required=True, help="config JSON (model_config and runtime_config are used)")
+        p.add_argument("--latents", required=True, help="latent cache from `magi1 train encode`")
+        p.add_argument("--text-encoder", required=True, help="T5 folder (official parent layout or the folder)")
+        p.add_argument("--out", required=True, help="checkpoint root: writes inference_weight[.distill]/")
+        p.add_argument("--tokens-per-step", type=int, default=2304)
+        p.add_argument("--lr", type=float, default=5e-4 if name == "dit" else 2e-4)
+        if name == "dit":
+            p.add_argument("--train-text-encoder", action="store_true",
+                           help="train the T5 along (saved into --out/t5)")
+        else:
+            p.add_argument("--finest-steps", type=int, default=None, help="default: the config's num_steps")
+    return parser
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill}[args.what](args)
+
+
+def _demo(args) -> int:
+    from .demo_recipe import DemoRecipe, RecipeSettings
+
+    settings = RecipeSettings(
+        workdir=args.workdir, out_dir=args.out_dir, preset_dir=args.preset_dir, seed=args.seed,
+        vae_steps=args.vae_steps, vae_clips=args.vae_clips, dit_steps=args.dit_steps, dit_clips=args.dit_clips,
+        distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
+        dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
+        threads=args.threads, progress=not args.quiet,
+    )
+    outcome = DemoRecipe(settings).run()
+    print(f"demo model trained in {outcome['seconds'] / 60:.1f} min; log: {Path(args.out_dir) / 'training_log.txt'}")
+    return 0
+
+
+def _vae(args) -> int:
+    from ..models.vae import VAEConfig, ViTVAE
+    from .data import PixelClips
+    from .demo_recipe import DEMO_VAE_DDCONFIG, save_vae
+    from .loop import run_loop
+    from .vae_trainer import VAETrainer, VAETrainSettings
+
+    ddconfig = dict(DEMO_VAE_DDCONFIG, video_size=args.size)
+    if args.ddconfig:
+        text = Path(args.ddconfig).read_text() if Path(args.ddconfig).is_file() else args.ddconfig
+        ddconfig.update(json.loads(text))
+    vae = ViTVAE(VAEConfig.from_ddconfig(ddconfig)).init_weights(args.seed).requires_grad_(True)
+    clips = PixelClips.from_source(_source(args), progress=not args.quiet)
+    trainer = VAETrainer(vae, clips, VAETrainSettings(steps=args.steps, batch=args.batch, seed=args.seed))
+    outcome = run_loop(trainer, _loop(args, "vae"))
+    vae.load_state_dict(trainer.averaged_weights())
+    save_vae(vae.eval(), args.out)
+    print(f"VAE written to {args.out}: {outcome['metrics']}")
+    return 0
+
+
+def _encode(args) -> int:
+    from ..models.vae import ViTVAE
+    from .data import build_latent_cache
+    from .demo_recipe import inference_encoders
+
+    vae = ViTVAE.from_pretrained(args.vae, dtype=torch.float32, device="cpu")
+    clips = build_latent_cache(_source(args), *inference_encoders(vae, fps=args.fps),
+                               meta={"fps": args.fps, "clip_frames": args.frames})
+    clips.save(args.out)
+    print(f"{len(clips)} clips, {clips.num_frames} latent frames each, written to {args.out}")
+    return 0
+
+
+def _dit(args) -> int:
+    from ..checkpoint.writer import save_official
+    from ..config import load_config
+    from ..models.dit import MagiDiT
+    from .data import LatentClips
+    from .dit_trainer import DiTTrainer, DiTTrainSettings, init_dit_for_training
+    from .loop import run_loop
+    from .text_demo import TrainableCaptionEncoder, load_t5_module, save_text_encoder
+
+    config = load_config(args.config)
+    clips = LatentClips.load(args.latents)
+    text = TrainableCaptionEncoder(load_t5_module(args.text_encoder), args.text_encoder,
+                                   config.model_config.caption_max_length, trainable=args.train_text_encoder)
+    model = init_dit_for_training(MagiDiT(config.model_config), seed=args.seed).requires_grad_(True)
+    trainer = DiTTrainer(model, config, clips, text, DiTTrainSettings(steps=args.steps, lr=args.lr, seed=args.seed,
+                                                                      tokens_per_step=args.tokens_per_step))
+    outcome = run_loop(trainer, _loop(args, "dit"))
+    save_official(trainer.averaged_weights(), Path(args.out) / "inference_weight")
+    if args.train_text_encoder:
+        from ..models.text_encoder import resolve_t5_folder
+
+        save_text_encoder(text.module, resolve_t5_folder(args.text_encoder), Path(args.out) / "t5",
+                          weights=trainer.averaged_text_weights())
+    print(f"DiT written to {Path(args.out) / 'inference_weight'}: {outcome['metrics']}")
+    return 0
+
+
+def _distill(args) -> int:
+    from ..checkpoint.loader import load_dit
+    from ..checkpoint.writer import save_official
+    from ..config import load_config
+    from ..models.dit import MagiDiT
+    from .data import LatentClips
+    from .distill import DistillSettings, ShortcutDistiller
+    from .loop import run_loop
+    from .text_demo import TrainableCaptionEncoder, load_t5_module
+
+    config = load_config(args.config)
+    if config.engine_config.distill:
+        config = config.replace(distill=False, cfg_number=3)  # the teacher is the base model
+    teacher = load_dit(config, device="cpu", dtype=torch.float32)
+    student = MagiDiT(config.model_config, distill=True)
+    student.load_state_dict(teacher.state_dict())
+    student.requires_grad_(True)
+    text = TrainableCaptionEncoder(load_t5_module(args.text_encoder), args.text_encoder,
+                                   config.model_config.caption_max_length, trainable=False)
+    finest = args.finest_steps or config.runtime_config.num_steps
+    settings = DistillSettings(steps=args.steps, lr=args.lr, finest_steps=finest, seed=args.seed,
+                               tokens_per_step=args.tokens_per_step)
+    distiller = ShortcutDistiller(student, teacher, config, LatentClips.load(args.latents), text, settings)
+    outcome = run_loop(distiller, _loop(args, "distill"))
+    save_official(distiller.averaged_weights(), Path(args.out) / "inference_weight.distill")
+    print(f"distilled DiT written to {Path(args.out) / 'inference_weight.distill'}: {outcome['metrics']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_train())

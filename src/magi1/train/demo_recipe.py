@@ -1,0 +1,369 @@
+"""Train the shipped demo model end to end, with the same model code as the official sizes.
+
+Stages (each resumable; a finished stage is skipped on a rerun):
+
+1. VAE      the official ViTVAE architecture with a small ddconfig, on 64×64 synthetic physics clips.
+            Its latent scale is folded into the weights so that `latent × 0.18215` (the official,
+            hard-wired scale) has unit standard deviation, as the DiT expects.
+2. latents  every training clip encoded once through the inference helpers (tiled encode, posterior
+            mean, × 0.18215), plus each clip's first frame encoded as an image (the i2v condition).
+3. text     a Unigram tokenizer trained on the captions, and a tiny T5 encoder (random start).
+4. DiT      the MAGI-1 objective (train.dit_trainer), the T5 training along through the caption path.
+5. distill  shortcut distillation into a cfg-free few-step model (train.distill).
+6. presets  `presets/demo.json` (base, cfg 3) and `presets/demo_distill.json` (distill, cfg 1), in the
+            official format with paths relative to the JSON; a training log next to the weights.
+
+Everything is a function of the settings and the seed. Weights are stored so that the whole demo stays
+small: DiT weights in float32 (they run as stored), VAE and T5 in bfloat16 (their loaders cast them to the
+runtime dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
+from .loop import LoopSettings, run_loop
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+DEMO_DIR = PACKAGE_DIR / "demo"
+PRESET_DIR = PACKAGE_DIR / "presets"
+TRAINING_LOG = "training_log.txt"
+
+# The official ViTVAE with a small ddconfig: 8×8×4 patches, 16 latent channels. embed_dim must be a multiple
+# of 4·8·8 = 256 (each token un-patchifies into embed_dim / 256 pixel channels before the RGB conv); 768 gives
+# 3 channels, the fewest that keep flat colours exact. video_length 12 = the inference temporal tile.
+DEMO_VAE_DDCONFIG = dict(
+    video_size=64, video_length=12, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
+    embed_dim=768, depth=1, num_heads=12, mlp_ratio=0.5, qkv_bias=True, with_cls_token=True, norm_code=False,
+    ln_in_attn=True, conv_last_layer=True, use_rope=False, use_final_proj=False,
+)
+DEMO_SCALE_FACTOR = 0.18215
+
+
+def demo_model_config(caption_channels: int = 128) -> ModelConfig:
+    """A 1.25 M-parameter MAGI-1 DiT: 5 layers × 128 wide, 4 query heads in 2 KV groups, GELU MLP."""
+    return ModelConfig(
+        model_name="videodit_ardf", num_layers=5, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
+        num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True, x_rescale_factor=1.0,
+        half_channel_vae=False, params_dtype="torch.float32", patch_size=2, t_patch_size=1, in_channels=16,
+        out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
+        xattn_cond_hidden_ratio=1.0, cond_gating_ratio=1.0, gated_linear_unit=False,
+    )
+
+
+def demo_config(model_config: ModelConfig, *, distill: bool, num_steps: int, paths: dict[str, str] | None = None,
+                size: int = 64) -> MagiConfig:
+    """The demo preset: official fields and values, except sizes, step count and the local paths."""
+    paths = paths or {"load": "../demo/dit", "t5_pretrained": "../demo/t5", "vae_pretrained": "../demo/vae"}
+    runtime = RuntimeConfig(
+        cfg_number=1 if distill else 3, cfg_t_range=[0.0, 0.0217, 0.1, 0.3, 0.999],
+        prev_chunk_scales=[1.5, 1.5, 1.5, 1.0, 1.0], text_scales=[7.5, 7.5, 7.5, 0.0, 0.0],
+        noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1, clean_t=0.9999, seed=1234, num_frames=96,
+        video_size_h=size, video_size_w=size, num_steps=num_steps, window_size=4, fps=24, chunk_width=6,
+        load=paths["load"], t5_pretrained=paths["t5_pretrained"], t5_device="cpu",
+        vae_pretrained=paths["vae_pretrained"], scale_factor=DEMO_SCALE_FACTOR, temporal_downsample_factor=4,
+    )
+    engine = EngineConfig(
+        distributed_backend="nccl", distributed_timeout_minutes=15, pp_size=1, cp_size=1, cp_strategy="none",
+        ulysses_overlap_degree=1, fp8_quant=False, distill_nearly_clean_chunk_threshold=0.3,
+        shortcut_mode="8,16,16", distill=distill, kv_offload=False, enable_cuda_graph=False,
+    )
+    return MagiConfig(model_config=model_config, runtime_config=runtime, engine_config=engine)
+
+
+@dataclass
+class RecipeSettings:
+    workdir: str = "outputs/demo_train"     # resumable state, caches, loss log (not shipped)
+    out_dir: str = str(DEMO_DIR)             # vae/, t5/, dit/, training_log.txt
+    preset_dir: str = str(PRESET_DIR)        # demo.json, demo_distill.json
+    seed: int = 0
+    size: int = 64
+    clip_frames: int = 120                   # 5 chunks: one clean + the four a window holds
+    vae_clips: int = 400
+    vae_clip_frames: int = 48
+    vae_steps: int = 1600
+    vae_batch: int = 4
+    dit_clips: int = 1000
+    dit_steps: int = 2000
+    dit_tokens_per_step: int = 2304
+    distill_steps: int = 400
+    base_steps: int = 32                     # demo.json num_steps; also the finest distillation grid
+    distill_infer_steps: int = 8             # demo_distill.json num_steps
+    vocab_size: int = 400
+    checkpoint_every_s: float = 180.0
+    threads: int | None = None
+    progress: bool = True
+    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+
+
+class DemoRecipe:
+    def __init__(self, settings: RecipeSettings) -> None:
+        self.s = settings
+        self.work = Path(settings.workdir)
+        self.out = Path(settings.out_dir)
+        self.presets = Path(settings.preset_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.presets.mkdir(parents=True, exist_ok=True)  # relative paths in the config go through it
+        self.loss_log = self.work / "loss_log.txt"
+        self.timings: dict[str, float] = self._read_json("timings.json", {})
+        self.results: dict[str, dict] = self._read_json("results.json", {})
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _read_json(self, name: str, default):
+        path = self.work / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    def _record(self, stage: str, seconds: float, result: dict) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        self.results[stage] = result
+        (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+        (self.work / "results.json").write_text(json.dumps(self.results, indent=1))
+
+    def _done(self, stage: str) -> bool:
+        return stage in self.results
+
+    def _loop(self, name: str, steps: int) -> LoopSettings:
+        return LoopSettings(total_steps=steps, state_dir=str(self.work / f"state_{name}"),
+                            checkpoint_every_s=self.s.checkpoint_every_s, log_every=25, log_path=str(self.loss_log),
+                            desc=name, progress=self.s.progress)
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.out / "vae"
+
+    @property
+    def t5_root(self) -> Path:
+        return self.out / "t5"
+
+    @property
+    def dit_root(self) -> Path:
+        return self.out / "dit"
+
+    def config(self, *, distill: bool) -> MagiConfig:
+        from .text_demo import DEMO_T5_DIMS
+
+        rel = lambda p: os.path.relpath(p, self.presets)  # noqa: E731  (paths relative to the JSON)
+        paths = {"load": rel(self.dit_root), "t5_pretrained": rel(self.t5_root), "vae_pretrained": rel(self.vae_dir)}
+        steps = self.s.distill_infer_steps if distill else self.s.base_steps
+        config = demo_config(demo_model_config(DEMO_T5_DIMS["d_model"]), distill=distill, num_steps=steps,
+                             paths=paths, size=self.s.size)
+        config.source_dir = str(self.presets.resolve())
+        return config
+
+    def scene_config(self, frames: int):
+        from .synthetic import SceneConfig
+
+        return SceneConfig(height=self.s.size, width=self.s.size, num_frames=frames)
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> dict:
+        if self.s.threads:
+            torch.set_num_threads(self.s.threads)
+        started = time.perf_counter()
+        for stage in (self.train_vae, self.encode_latents, self.build_text_encoder, self.train_dit,
+                      self.distill, self.write_presets):
+            stage()
+        self.write_training_log()
+        return {"seconds": time.perf_counter() - started, "results": self.results}
+
+    def train_vae(self) -> None:
+        if self._done("vae"):
+            return
+        from ..models.vae import VAEConfig, ViTVAE
+        from .data import PixelClips
+        from .synthetic import SyntheticPhysicsDataset
+        from .vae_trainer import VAETrainer, VAETrainSettings
+
+        t0 = time.perf_counter()
+        source = SyntheticPhysicsDataset(self.s.vae_clips, self.scene_config(self.s.vae_clip_frames),
+                                         first_seed=500_000 + self.s.seed)
+        clips = PixelClips.from_source(source, progress=self.s.progress)
+        vae = ViTVAE(VAEConfig.from_ddconfig(DEMO_VAE_DDCONFIG)).init_weights(self.s.seed).requires_grad_(True)
+        trainer = VAETrainer(vae, clips, VAETrainSettings(steps=self.s.vae_steps, batch=self.s.vae_batch,
+                                                          seed=self.s.seed))
+        outcome = run_loop(trainer, self._loop("vae", self.s.vae_steps))
+        vae.load_state_dict(trainer.averaged_weights())
+        vae.eval().requires_grad_(False)
+        probe = clips.sample(16, 12, torch.Generator().manual_seed(1))
+        gain = fold_latent_scale(vae, probe, DEMO_SCALE_FACTOR)
+        save_vae(vae, self.vae_dir, dtype=torch.bfloat16)
+        from .vae_trainer import reconstruction_psnr
+
+        stored = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
+        psnr = reconstruction_psnr(stored, probe)
+        self._record("vae", time.perf_counter() - t0,
+                     {**outcome["metrics"], "heldin_psnr_mean_decode": psnr, "latent_gain": gain,
+                      "params": stored.num_parameters()})
+
+    def encode_latents(self) -> None:
+        cache = self.work / "latents.safetensors"
+        if self._done("latents") and cache.is_file():
+            return
+        from ..models.vae import ViTVAE
+        from .data import build_latent_cache
+        from .synthetic import SyntheticPhysicsDataset
+
+        t0 = time.perf_counter()
+        vae = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
+        source = SyntheticPhysicsDataset(self.s.dit_clips, self.scene_config(self.s.clip_frames),
+                                         first_seed=self.s.seed)
+        clips = build_latent_cache(source, *inference_encoders(vae, fps=24), progress=self.s.progress,
+                                   meta={"fps": 24, "clip_frames": self.s.clip_frames})
+        clips.save(cache)
+        std = float(clips.latents.std())
+        self._record("latents", time.perf_counter() - t0,
+                     {"clips": len(clips), "latent_frames": clips.num_frames, "latent_std": std})
+
+    def build_text_encoder(self) -> None:
+        if self._done("text"):
+            return
+        from .data import LatentClips
+        from .text_demo import build_tiny_t5, save_text_encoder, save_tokenizer, train_tokenizer
+
+        t0 = time.perf_counter()
+        clips = LatentClips.load(self.work / "latents.safetensors")
+        tokenizer = train_tokenizer(clips.captions, vocab_size=self.s.vocab_size)
+        tokenizer_dir = self.work / "tokenizer"
+        save_tokenizer(tokenizer, tokenizer_dir, max_length=demo_model_config().caption_max_length)
+        model = build_tiny_t5(tokenizer.get_vocab_size(), seed=self.s.seed)
+        save_text_encoder(model, tokenizer_dir, self.work / "t5_init", dtype=torch.float32)
+        self._record("text", time.perf_counter() - t0, {"vocab": tokenizer.get_vocab_size(),
+                                                        "params": sum(p.numel() for p in model.parameters())})
+
+    def train_dit(self) -> None:
+        if self._done("dit"):
+            return
+        from ..checkpoint.writer import save_official
+        from ..models.dit import MagiDiT
+        from .data import LatentClips
+        from .dit_trainer import DiTTrainer, DiTTrainSettings, init_dit_for_training
+        from .text_demo import TrainableCaptionEncoder, load_t5_module, save_text_encoder
+
+        t0 = time.perf_counter()
+        config = self.config(distill=False)
+        clips = LatentClips.load(self.work / "latents.safetensors")
+        init_dir = self.work / "t5_init"
+        text = TrainableCaptionEncoder(load_t5_module(init_dir), init_dir, config.model_config.caption_max_length)
+        model = init_dit_for_training(MagiDiT(config.model_config), seed=self.s.seed).requires_grad_(True)
+        settings = DiTTrainSettings(steps=self.s.dit_steps, tokens_per_step=self.s.dit_tokens_per_step,
+                                    seed=self.s.seed)
+        trainer = DiTTrainer(model, config, clips, text, settings)
+        outcome = run_loop(trainer, self._loop("dit", self.s.dit_steps))
+        save_official(trainer.averaged_weights(), self.dit_root / "inference_weight")
+        save_text_encoder(text.module, init_dir / "t5-v1_1-xxl", self.t5_root, weights=trainer.averaged_text_weights(),
+                          dtype=torch.bfloat16)
+        self._record("dit", time.perf_counter() - t0, {**outcome["metrics"],
+                                                      "params": sum(p.numel() for p in model.parameters())})
+
+    def distill(self) -> None:
+        if self._done("distill"):
+            return
+        from ..checkpoint.loader import load_dit
+        from ..checkpoint.writer import save_official
+        from ..models.dit import MagiDiT
+        from .data import LatentClips
+        from .distill import DistillSettings, ShortcutDistiller
+        from .text_demo import TrainableCaptionEncoder, load_t5_module
+
+        t0 = time.perf_counter()
+        config = self.config(distill=False)
+        teacher = load_dit(config, device="cpu", dtype=torch.float32)
+        student = MagiDiT(config.model_config, distill=True)
+        student.load_state_dict(teacher.state_dict())
+        student.requires_grad_(True)
+        clips = LatentClips.load(self.work / "latents.safetensors")
+        text = TrainableCaptionEncoder(load_t5_module(self.t5_root), self.t5_root,
+                                       config.model_config.caption_max_length, trainable=False)
+        settings = DistillSettings(steps=self.s.distill_steps, finest_steps=self.s.base_steps,
+                                   tokens_per_step=self.s.dit_tokens_per_step, seed=self.s.seed + 1)
+        distiller = ShortcutDistiller(student, teacher, config, clips, text, settings)
+        outcome = run_loop(distiller, self._loop("distill", self.s.distill_steps))
+        save_official(distiller.averaged_weights(), self.dit_root / "inference_weight.distill")
+        self._record("distill", time.perf_counter() - t0, dict(outcome["metrics"], cycle=distiller.cycle))
+
+    def write_presets(self) -> None:
+        self.presets.mkdir(parents=True, exist_ok=True)
+        for name, distill in (("demo", False), ("demo_distill", True)):
+            self.config(distill=distill).to_json(self.presets / f"{name}.json")
+
+    # ------------------------------------------------------------------ the log that ships
+    def write_training_log(self) -> Path:
+        sizes = {str(p.relative_to(self.out)): p.stat().st_size for p in sorted(self.out.rglob("*")) if p.is_file()
+                 and p.suffix in (".safetensors", ".json")}
+        weights = sum(v for k, v in sizes.items() if k.endswith(".safetensors"))
+        lines = [
+            "magi1 demo model: training log",
+            "",
+            f"command:   {self.s.command}",
+            f"python:    {platform.python_version()}  torch {torch.__version__}  threads {torch.get_num_threads()}",
+            f"machine:   {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs visible)",
+            f"settings:  {json.dumps({k: v for k, v in asdict(self.s).items() if k != 'command'})}",
+            "",
+            "stage times (minutes, summed over resumes):",
+        ]
+        lines += [f"  {stage:8s} {seconds / 60:6.1f}" for stage, seconds in self.timings.items()]
+        lines += [f"  {'total':8s} {sum(self.timings.values()) / 60:6.1f}", "", "stage results:"]
+        lines += [f"  {stage:8s} {json.dumps(result)}" for stage, result in self.results.items()]
+        lines += ["", f"weights: {weights / 2**20:.2f} MiB in all"]
+        lines += [f"  {name}: {size / 2**20:.2f} MiB" for name, size in sizes.items() if name.endswith(".safetensors")]
+        lines += ["", "loss log (running means over 25 steps):"]
+        if self.loss_log.is_file():
+            lines += self.loss_log.read_text().splitlines()
+        path = self.out / TRAINING_LOG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+# ---------------------------------------------------------------------------------------------- VAE helpers
+@torch.no_grad()
+def fold_latent_scale(vae, pixels: torch.Tensor, scale_factor: float) -> float:
+    """Rescale the VAE's latent space so that posterior means × scale_factor have unit standard deviation.
+
+    The encoder's mean rows are multiplied by k and its log-variance biases shifted by 2·ln k; the decoder's
+    input projection is divided by k. The VAE computes the same function of pixels, and the official fixed
+    scale (0.18215) then hands the DiT unit-variance latents. Returns k.
+    """
+    z = vae.encoder(pixels)[:, : vae.config.z_chans]
+    k = 1.0 / (float(z.std()) * scale_factor)
+    channels = vae.config.z_chans
+    last = vae.encoder.last_layer
+    last.weight[:channels] *= k
+    last.bias[:channels] *= k
+    last.bias[channels:] += 2.0 * math.log(k)
+    vae.decoder.proj_in.weight /= k
+    return k
+
+
+def save_vae(vae, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
+    """An official VAE folder: config.json (`_class_name` ViTVAE, ddconfig) + diffusion_pytorch_model.safetensors."""
+    from safetensors.torch import save_file
+
+    from ..models.vae import CONFIG_NAME, OFFICIAL_CLASS_NAME, WEIGHTS_NAME
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": OFFICIAL_CLASS_NAME, "model_type": "vit", "ddconfig": vae.config.to_ddconfig()}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {name: t.detach().to(dtype).contiguous() for name, t in vae.state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return folder
+
+
+def inference_encoders(vae, *, fps: int):
+    """(encode_video, encode_image) through the inference helpers (tiling, posterior mean, × 0.18215)."""
+    from ..models.vae_helpers import encode_image, encode_video
+
+    return (lambda frames: encode_video(vae, frames, fps=fps),
+            lambda image: encode_image(vae, image, fps=fps))

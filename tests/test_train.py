@@ -1,0 +1,329 @@
+"""Training: the objective's pieces (time sampler, targets) and that a few steps lower the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from magi1.train import losses
+from magi1.train.losses import MonotoneChunkTimeSampler
+
+
+# ------------------------------------------------------------------------------------------- time samplers
+def test_logit_normal_shift_puts_most_mass_near_noise():
+    t = losses.sample_logit_normal((20000,), generator=torch.Generator().manual_seed(0))
+    assert 0.0 < float(t.min()) and float(t.max()) < 1.0
+    # paper-notes §1.2: about 70% of draws below t = 0.3, median about 0.25
+    assert 0.66 < losses.fraction_below(t, 0.3) < 0.72
+    assert 0.22 < float(t.median()) < 0.28
+
+
+def test_inference_schedule_matches_the_official_grid_and_inverts():
+    s = torch.linspace(0, 1, 17)
+    t = losses.inference_schedule(s)
+    expected = [0, .00131, .00526, .0120, .02174, .03482, .05172, .07313, .1000, .13366, .17606, .23004, .3000,
+                .39302, .52128, .70755, 1.0]
+    assert torch.allclose(t.float(), torch.tensor(expected), atol=6e-5)
+    assert torch.allclose(losses.inverse_inference_schedule(t), s.double(), atol=1e-9)
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_chunk_times_are_monotone_with_a_clean_prefix(staged):
+    sampler = MonotoneChunkTimeSampler()
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(300):
+        n = 1 + trial % 6
+        n_clean = trial % n
+        times = sampler.sample(n, n_clean, generator=gen, staged=staged)
+        t, clean = times.t, times.clean
+        assert t.shape == (n,) and times.mix.shape == (n,) and times.stage.shape == (n,)
+        # earlier chunks are never noisier than later ones
+        assert bool((t[:-1] >= t[1:]).all()), t
+        # the forced prefix is clean, and clean chunks only ever form a prefix
+        assert bool(clean[:n_clean].all())
+        first_noisy = int((~clean).nonzero()[0]) if bool((~clean).any()) else n
+        assert bool(clean[:first_noisy].all()) and not bool(clean[first_noisy:].any())
+        # clean chunks are told clean_t but mixed with at most 5% noise; noisy chunks mix at their own t
+        assert torch.allclose(t[clean], torch.tensor(sampler.clean_t))
+        assert bool((times.mix[clean] >= 0.95).all()) and bool((times.mix[clean] <= 1.0).all())
+        assert torch.equal(times.mix[~clean], t[~clean])
+        assert bool((t[~clean] >= 0).all()) and bool((t[~clean] < sampler.clean_t).all())
+        # stages: -1 for clean, non-increasing toward the newest chunk, within range
+        assert bool((times.stage[clean] == -1).all())
+        noisy_stage = times.stage[~clean]
+        assert bool((noisy_stage >= 0).all()) and bool((noisy_stage < sampler.num_stages).all())
+        assert bool((noisy_stage[:-1] >= noisy_stage[1:]).all())
+
+
+def test_staged_layout_puts_one_chunk_per_stage_like_the_inference_window():
+    sampler = MonotoneChunkTimeSampler(newest_in_first_stage_prob=1.0)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(50):
+        times = sampler.sample(5, 0, generator=gen, staged=True)
+        # oldest chunk has finished its 4 stages: it is the clean chunk the window re-encodes
+        assert times.clean.tolist() == [True, False, False, False, False]
+        assert times.stage.tolist() == [-1, 3, 2, 1, 0]
+        edges = losses.inference_schedule(torch.tensor([0.25, 0.5, 0.75])).float()  # 0.0217, 0.1, 0.3
+        assert float(times.t[4]) < edges[0] <= float(times.t[3]) < edges[1] <= float(times.t[2]) < edges[2]
+
+
+def test_grid_aligned_phase_lands_on_inference_grid_points():
+    sampler = MonotoneChunkTimeSampler()
+    gen = torch.Generator().manual_seed(3)
+    grid = losses.inference_schedule(torch.linspace(0, 1, 17)).float()
+    for _ in range(30):
+        times = sampler.sample(4, 0, generator=gen, staged=True, phase_steps=4)  # 16 steps, 4 per stage
+        for value in times.t[~times.clean]:
+            assert float((grid - value).abs().min()) < 1e-6
+
+
+def test_noise_stage_boundaries():
+    sampler = MonotoneChunkTimeSampler()
+    t = torch.tensor([0.0, 0.02, 0.0217391, 0.05, 0.1, 0.2999, 0.3, 0.9])
+    assert sampler.noise_stage(t).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+# ------------------------------------------------------------------------------------------- targets
+def test_interpolation_endpoints_and_velocity():
+    data, noise = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    assert torch.allclose(losses.interpolate(data, noise, torch.zeros(2, 4)), noise)
+    assert torch.allclose(losses.interpolate(data, noise, torch.ones(2, 4)), data)
+    t = torch.rand(2, 4)
+    x = losses.interpolate(data, noise, t)
+    # one Euler step with the exact velocity lands on the straight path
+    moved = losses.euler_step(x, losses.velocity_target(data, noise), 1 - t)
+    assert torch.allclose(moved, data, atol=1e-6)
+
+
+def test_masked_mse_ignores_clean_frames():
+    pred, target = torch.zeros(1, 2, 3, 1, 1), torch.ones(1, 2, 3, 1, 1)
+    target[:, :, 0] = 100.0
+    assert float(losses.masked_mse(pred, target, torch.tensor([[0.0, 1.0, 1.0]]))) == pytest.approx(1.0)
+
+
+def test_shortcut_target_formula():
+    v1, v2 = torch.full((1, 1, 2, 1, 1), 2.0), torch.full((1, 1, 2, 1, 1), 5.0)
+    dt1, dt2 = torch.tensor([[0.1, 0.0]]), torch.tensor([[0.3, 0.0]])
+    target = losses.shortcut_target(v1, v2, dt1, dt2)
+    assert float(target[0, 0, 0]) == pytest.approx(0.25 * 2.0 + 0.75 * 5.0)
+    assert float(target[0, 0, 1]) == pytest.approx(3.5)  # a chunk that does not move: plain average
+    # the defining property: one step of dt1 + dt2 with the target lands where two small steps land
+    x = torch.randn(1, 1, 2, 1, 1)
+    two_steps = losses.euler_step(losses.euler_step(x, v1, dt1), v2, dt2)
+    one_step = losses.euler_step(x, target, dt1 + dt2)
+    assert torch.allclose(one_step, two_steps, atol=1e-6)
+
+
+def test_grid_step_and_step_size_condition():
+    grid = losses.inference_schedule(torch.linspace(0, 1, 17)).float()
+    dt = losses.grid_step(grid[:-1], 16)
+    assert torch.allclose(dt, grid[1:] - grid[:-1], atol=1e-6)
+    assert float(losses.grid_step(torch.tensor([0.9999]), 16)) == 0.0
+    assert losses.step_size_condition(16) == 8.0 and losses.step_size_condition(64) == 32.0
+
+
+def test_guidance_buckets_follow_the_official_edges():
+    t = torch.tensor([0.0, 0.02, 0.05, 0.29, 0.3, 0.9999])
+    prev, text = losses.guidance_scales_for(t, [0, 0.0217, 0.1, 0.3, 0.999], [1.5, 1.5, 1.5, 1.0, 1.0],
+                                            [7.5, 7.5, 7.5, 0.0, 0.0])
+    assert text.tolist() == [7.5, 7.5, 7.5, 7.5, 0.0, 0.0]
+    assert prev.tolist() == [1.5, 1.5, 1.5, 1.5, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------- trainers
+def _tiny_setup(num_clips: int = 6, chunks: int = 3):
+    from magi1.config import MagiConfig, ModelConfig
+    from magi1.models.dit import MagiDiT
+    from magi1.train.data import LatentClips
+    from magi1.train.dit_trainer import init_dit_for_training
+    from magi1.train.text_demo import TableCaptionEncoder
+
+    model_config = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+                               num_query_groups=2, kv_channels=16, params_dtype="torch.float32",
+                               caption_channels=16, caption_max_length=56)
+    config = MagiConfig(model_config=model_config).replace(video_size_h=32, video_size_w=32, num_steps=8)
+    gen = torch.Generator().manual_seed(0)
+    # smooth per-clip patterns that drift in time: structure the model can learn fast
+    base = torch.randn(num_clips, 16, 1, 4, 4, generator=gen)
+    drift = torch.linspace(0, 1, chunks * 6)[None, None, :, None, None]
+    latents = base + 0.5 * drift * torch.randn(num_clips, 16, 1, 4, 4, generator=gen)
+    captions = [f"{c} ball falls" for c in ["red", "blue", "green", "pink", "gray", "black"][:num_clips]]
+    clips = LatentClips(latents.contiguous(), captions, latents[:, :, :1].clone())
+    text = TableCaptionEncoder(16, 56, " ".join(captions).split())
+    model = init_dit_for_training(MagiDiT(model_config), seed=0)
+    return config, clips, text, model
+
+
+def test_dit_trainer_lowers_the_loss_on_a_fixed_batch():
+    from magi1.train.dit_trainer import DiTTrainer, DiTTrainSettings, dit_velocity
+    from magi1.train.losses import masked_mse
+
+    torch.manual_seed(0)
+    config, clips, text, model = _tiny_setup()
+    trainer = DiTTrainer(model, config, clips, text, DiTTrainSettings(steps=30, lr=3e-3, warmup=1,
+                                                                      tokens_per_step=3 * 72))
+    batch, _ = trainer.make_batch(torch.Generator().manual_seed(5), num_chunks=3)
+    batch.y = batch.y.detach()  # the same batch is reused: keep the caption graph out of it
+    assert batch.x.shape[1:] == (16, 18, 4, 4) and batch.kv_range.shape == (batch.x.shape[0] * 3, 2)
+    losses_seen = []
+    for _ in range(12):
+        trainer.model.train()
+        losses_seen.append(trainer.optimize(batch, dit_velocity(trainer.model, batch), batch.target)["loss"])
+    assert losses_seen[-1] < 0.85 * losses_seen[0], losses_seen
+    with torch.no_grad():
+        assert float(masked_mse(dit_velocity(model, batch), batch.target, batch.frame_weight)) < losses_seen[0]
+
+
+def test_batch_layout_matches_what_inference_asks():
+    from magi1.train.batch import DiTBatchBuilder, TaskMix, kv_spans
+
+    builder = DiTBatchBuilder(chunk_width=6, tokens_per_frame=4, noise2clean_kvrange=[5, 4, 3, 2],
+                              clean_chunk_kvrange=1, caption_max_length=56,
+                              sampler=MonotoneChunkTimeSampler(newest_in_first_stage_prob=1.0),
+                              mix=TaskMix(t2v=1.0, i2v=0.0, v2v=0.0, dropout=0.0))
+    gen = torch.Generator().manual_seed(0)
+    layout = builder.draw_layout(5, gen, staged=True)
+    # [clean, stage 3, 2, 1, 0] -> spans [1, 2, 3, 4, 5]: each in-flight chunk reaches back to the clean one
+    assert kv_spans(layout.times, [5, 4, 3, 2], 1) == [1, 2, 3, 4, 5]
+    latents = torch.randn(2, 16, 30, 4, 4)
+    captions, masks = torch.randn(2, 56, 8), torch.zeros(2, 56)
+    masks[:, :7] = 1
+    null = torch.randn(56, 8)
+    dropped = builder.draw_layout(5, gen, staged=True)
+    dropped.dropped = True
+    batch = builder.assemble(latents, [layout, dropped], captions, masks, null, generator=gen)
+    ctn = 24
+    assert batch.kv_range[:5].tolist() == [[0, ctn], [0, 2 * ctn], [0, 3 * ctn], [0, 4 * ctn], [0, 5 * ctn]]
+    assert batch.kv_range[5].tolist() == [5 * ctn, 6 * ctn]  # batch-major keys
+    # clean chunk and dropped sample: null caption, first 50 rows; noisy chunks: the caption
+    assert torch.equal(batch.y[0, 0], null) and int(batch.xattn_mask[0].sum()) == 50
+    assert torch.equal(batch.y[1, 0], captions[0]) and int(batch.xattn_mask[1].sum()) == 7
+    assert all(torch.equal(batch.y[5 + r, 0], null) for r in range(5))
+    assert batch.null_adaln.tolist() == [False, True]
+    assert batch.t[0, 0] == pytest.approx(0.9999) and batch.frame_weight[0, :6].sum() == 0
+    assert batch.frame_weight[0, 6:].min() == 1
+
+
+def test_shortcut_distiller_runs_every_level():
+    from magi1.models.dit import MagiDiT
+    from magi1.train.distill import DistillSettings, ShortcutDistiller, shortcut_cycle
+
+    assert shortcut_cycle(32) == [32] * 8 + [16, 8, 4]
+    config, clips, text, teacher = _tiny_setup()
+    student = MagiDiT(config.model_config, distill=True)
+    student.load_state_dict(teacher.state_dict())
+    distiller = ShortcutDistiller(student, teacher, config, clips, text,
+                                  DistillSettings(steps=4, finest_steps=8, levels=1, finest_repeats=1,
+                                                  tokens_per_step=2 * 96))
+    seen = {}
+    for step in range(2):
+        seen.update(distiller.train_step(step))
+    assert set(seen) == {"loss_8", "loss_4", "grad"} and all(v == v for v in seen.values())
+
+
+# ------------------------------------------------------------------------------------------- state and artefacts
+class _ToyTrainer:
+    """A least-squares fit with AdamW: enough to check that a resumed run equals an uninterrupted one."""
+
+    def __init__(self):
+        from magi1.train.loop import step_generator
+
+        self.step_generator = step_generator
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.05)
+
+    def train_step(self, step):
+        gen = self.step_generator(0, step)
+        x = torch.randn(8, 4, generator=gen)
+        loss = (self.model(x).squeeze(1) - x.sum(1)).pow(2).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def state_parts(self):
+        from magi1.train.resume import optimizer_tensors
+
+        tensors, meta = optimizer_tensors(self.optimizer)
+        return {"model": dict(self.model.state_dict()), "optim": tensors}, {"optim": meta}
+
+    def load_state_parts(self, parts, meta):
+        from magi1.train.resume import load_optimizer_tensors
+
+        self.model.load_state_dict(parts["model"])
+        load_optimizer_tensors(self.optimizer, parts["optim"], meta["optim"])
+
+
+def test_run_loop_resumes_where_it_stopped(tmp_path):
+    from magi1.train.loop import LoopSettings, run_loop
+
+    straight = _ToyTrainer()
+    run_loop(straight, LoopSettings(total_steps=6, progress=False))
+    first = _ToyTrainer()
+    settings = dict(state_dir=str(tmp_path / "state"), checkpoint_every_s=0.0, progress=False,
+                    log_path=str(tmp_path / "log.txt"), log_every=2)
+    run_loop(first, LoopSettings(total_steps=3, **settings))
+    resumed = _ToyTrainer()  # a fresh process: everything comes from the saved state
+    outcome = run_loop(resumed, LoopSettings(total_steps=6, **settings))
+    assert outcome["resumed_from"] == 3
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert "step      6" in (tmp_path / "log.txt").read_text()
+
+
+def test_folding_the_latent_scale_keeps_the_vae_function():
+    from magi1.models.vae import VAEConfig, ViTVAE
+    from magi1.train.demo_recipe import fold_latent_scale
+
+    config = VAEConfig(video_size=16, video_length=4, z_chans=4, embed_dim=256, depth=1, num_heads=4, mlp_ratio=1.0,
+                       qkv_bias=True, ln_in_attn=True, conv_last_layer=True)
+    vae = ViTVAE(config).init_weights(0).eval()
+    pixels = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    with torch.no_grad():
+        before = vae.decode(vae.encode(pixels))
+        gain = fold_latent_scale(vae, pixels, 0.18215)
+        after = vae.decode(vae.encode(pixels))
+        scaled = vae.encode(pixels) * 0.18215
+    assert gain > 0 and abs(float(scaled.std()) - 1.0) < 1e-3
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_demo_text_encoder_round_trips_through_the_inference_loader(tmp_path):
+    from magi1.models.text_encoder import T5TextEncoder
+    from magi1.train.text_demo import (TrainableCaptionEncoder, build_tiny_t5, load_t5_module, save_text_encoder,
+                                       save_tokenizer, train_tokenizer)
+
+    captions = ["a red ball falls and bounces on the floor", "a blue square slides to the left"] * 5
+    tokenizer = train_tokenizer(captions, vocab_size=120)
+    save_tokenizer(tokenizer, tmp_path / "tok", max_length=16)
+    model = build_tiny_t5(tokenizer.get_vocab_size(), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    save_text_encoder(model, tmp_path / "tok", tmp_path / "t5")
+    loaded = T5TextEncoder(tmp_path / "t5", max_length=16)
+    emb, mask = loaded.encode("A Red ball falls!")
+    assert emb.shape == (1, 1, 16, 16) and int(mask.sum()) >= 4
+    ids, _ = loaded.tokenize("a purple zebra")  # unseen words split into pieces, never vanish
+    assert 2 not in ids[0, : int(_.sum()) - 1].tolist()
+    trainable = TrainableCaptionEncoder(load_t5_module(tmp_path / "t5"), tmp_path / "t5", 16, trainable=False)
+    same, same_mask = trainable(["A Red ball falls!"])
+    assert torch.allclose(same, emb[:, 0], atol=1e-5) and torch.equal(same_mask, mask)
+
+
+def test_vae_trainer_lowers_the_reconstruction_error():
+    from magi1.models.vae import VAEConfig, ViTVAE
+    from magi1.train.data import PixelClips
+    from magi1.train.vae_trainer import VAETrainer, VAETrainSettings, reconstruction_psnr
+
+    gen = torch.Generator().manual_seed(0)
+    frames = [(torch.rand(1, 16, 16, 3, generator=gen) * 255).to(torch.uint8).repeat(8, 1, 1, 1).numpy()
+              for _ in range(2)]
+    clips = PixelClips(frames)
+    config = VAEConfig(video_size=16, video_length=4, z_chans=4, embed_dim=256, depth=1, num_heads=4, mlp_ratio=1.0,
+                       qkv_bias=True, ln_in_attn=True, conv_last_layer=True)
+    vae = ViTVAE(config).init_weights(0).requires_grad_(True)
+    trainer = VAETrainer(vae, clips, VAETrainSettings(steps=20, batch=2, lengths=(4,), warmup=1, lr=3e-3))
+    probe = clips.sample(2, 4, torch.Generator().manual_seed(1))
+    before = reconstruction_psnr(vae, probe)
+    for step in range(20):
+        trainer.train_step(step)
+    assert reconstruction_psnr(vae, probe) > before + 2.0
