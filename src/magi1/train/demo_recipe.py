@@ -40,22 +40,26 @@ DEMO_DIR = PACKAGE_DIR / "demo"
 PRESET_DIR = PACKAGE_DIR / "presets"
 TRAINING_LOG = "training_log.txt"
 
-# The official ViTVAE with a small ddconfig: 8×8×4 patches, 16 latent channels. embed_dim must be a multiple
-# of 4·8·8 = 256 (each token un-patchifies into embed_dim / 256 pixel channels before the RGB conv); 768 gives
-# 3 channels, the fewest that keep flat colours exact. video_length 12 = the inference temporal tile.
+# The official ViTVAE with a small ddconfig: 8×8×4 patches, 16 latent channels, one block per side.
+# Width: each decoder token un-patchifies into embed_dim / (4·8·8) pixel channels ahead of the RGB conv, and
+# the decoder's last LayerNorm removes every token's mean and scale. With 3 channels (768) a flat-coloured
+# token keeps only 2 colour degrees of freedom (all flat colours on one plane: greens and reds collapse);
+# 1024 gives the 4 channels of the official model, the 4th free to absorb the mean. The rest is cut to fit
+# the size budget: a tiny MLP, and a position table for one latent frame (video_length 4), resized to the
+# 3-frame inference tiles like any other grid.
 DEMO_VAE_DDCONFIG = dict(
-    video_size=64, video_length=12, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
-    embed_dim=768, depth=1, num_heads=12, mlp_ratio=0.5, qkv_bias=True, with_cls_token=True, norm_code=False,
+    video_size=64, video_length=4, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
+    embed_dim=1024, depth=1, num_heads=16, mlp_ratio=0.125, qkv_bias=True, with_cls_token=True, norm_code=False,
     ln_in_attn=True, conv_last_layer=True, use_rope=False, use_final_proj=False,
 )
 DEMO_SCALE_FACTOR = 0.18215
 
 
-def demo_model_config(caption_channels: int = 128) -> ModelConfig:
-    """A 1.25 M-parameter MAGI-1 DiT: 5 layers × 128 wide, 4 query heads in 2 KV groups, GELU MLP."""
+def demo_model_config(caption_channels: int = 64) -> ModelConfig:
+    """A 0.57 M-parameter MAGI-1 DiT: 4 layers × 96 wide, 4 query heads in 2 KV groups, GELU MLP."""
     return ModelConfig(
-        model_name="videodit_ardf", num_layers=5, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
-        num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True, x_rescale_factor=1.0,
+        model_name="videodit_ardf", num_layers=4, hidden_size=96, ffn_hidden_size=384, num_attention_heads=4,
+        num_query_groups=2, kv_channels=24, layernorm_epsilon=1e-6, apply_layernorm_1p=True, x_rescale_factor=1.0,
         half_channel_vae=False, params_dtype="torch.float32", patch_size=2, t_patch_size=1, in_channels=16,
         out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
         xattn_cond_hidden_ratio=1.0, cond_gating_ratio=1.0, gated_linear_unit=False,
@@ -93,7 +97,8 @@ class RecipeSettings:
     vae_clips: int = 400
     vae_clip_frames: int = 48
     vae_steps: int = 1600
-    vae_batch: int = 4
+    vae_batch: int = 6
+    vae_lr: float = 2e-3
     dit_clips: int = 1000
     dit_steps: int = 2000
     dit_tokens_per_step: int = 2304
@@ -191,7 +196,7 @@ class DemoRecipe:
         clips = PixelClips.from_source(source, progress=self.s.progress)
         vae = ViTVAE(VAEConfig.from_ddconfig(DEMO_VAE_DDCONFIG)).init_weights(self.s.seed).requires_grad_(True)
         trainer = VAETrainer(vae, clips, VAETrainSettings(steps=self.s.vae_steps, batch=self.s.vae_batch,
-                                                          seed=self.s.seed))
+                                                          lr=self.s.vae_lr, seed=self.s.seed))
         outcome = run_loop(trainer, self._loop("vae", self.s.vae_steps))
         vae.load_state_dict(trainer.averaged_weights())
         vae.eval().requires_grad_(False)
@@ -367,3 +372,27 @@ def inference_encoders(vae, *, fps: int):
 
     return (lambda frames: encode_video(vae, frames, fps=fps),
             lambda image: encode_image(vae, image, fps=fps))
+
+
+def contact_sheet(frames, every: int = 6, columns: int = 16):
+    """uint8 (T, H, W, 3) → one uint8 image: every `every`-th frame, `columns` per row (for eyeballing)."""
+    import numpy as np
+
+    picked = list(frames[::every])
+    while len(picked) % columns:
+        picked.append(np.zeros_like(picked[0]))
+    rows = [np.concatenate(picked[i : i + columns], axis=1) for i in range(0, len(picked), columns)]
+    return np.concatenate(rows, axis=0)
+
+
+def preview(preset: str | Path, prompt: str, png_path: str | Path, *, seed: int | None = None,
+            num_frames: int | None = None, image=None, video=None) -> Path:
+    """Generate with a demo preset and save a contact sheet of the frames (checks after training)."""
+    from PIL import Image
+
+    from ..pipeline import MagiPipeline
+
+    pipe = MagiPipeline.from_pretrained(str(preset), device="cpu")
+    out = pipe(prompt, seed=seed, num_frames=num_frames, image=image, video=video)
+    Image.fromarray(contact_sheet(out.frames)).save(png_path)
+    return Path(png_path)

@@ -25,7 +25,7 @@ from torch import nn
 from ..models.text_encoder import OFFICIAL_T5_SUBFOLDER, T5TextEncoder
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
-DEMO_T5_DIMS = {"d_model": 128, "d_kv": 32, "d_ff": 256, "num_layers": 2, "num_heads": 4}
+DEMO_T5_DIMS = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
 
 # Words a user may reasonably type at the demo besides the training captions' own vocabulary.
 EXTRA_WORDS = (

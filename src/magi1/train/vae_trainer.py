@@ -6,8 +6,9 @@ N(0, I) that keeps the posterior from collapsing to a point. Inference uses the 
 training decodes a sample (robustness to small latent noise) and reports the mean's reconstruction too.
 
 Clip lengths follow inference: the pipeline encodes and decodes in temporal tiles of fps/2 = 12 frames
-(3 latent frames), and single images as one frame repeated 4× (1 latent frame), so training mixes 12-, 8-
-and 4-frame crops (the learned position table is resized for the shorter ones, as at inference).
+(3 latent frames), and single images as one frame repeated 4× (1 latent frame), so training mixes 12-frame
+crops, 4-frame crops and still images (the learned position table is resized to each grid, as at inference).
+Short crops are cheap and most of what a decoder must learn (colours, shapes) is inside one latent frame.
 """
 
 from __future__ import annotations
@@ -50,15 +51,15 @@ def foreground_weights(pixels: torch.Tensor, extra: float) -> torch.Tensor:
 @dataclass
 class VAETrainSettings:
     steps: int = 1500
-    lr: float = 1e-3
-    warmup: int = 50
+    lr: float = 2e-3
+    warmup: int = 30
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
-    batch: int = 8
-    lengths: tuple[int, ...] = (12, 12, 12, 8, 1)   # frames per crop, drawn uniformly; 1 = image repeated 4x
+    batch: int = 6
+    lengths: tuple[int, ...] = (12, 4, 4, 1)        # frames per crop, drawn uniformly; 1 = image repeated 4x
     kl_weight: float = 1e-4
     mse_weight: float = 1.0
-    foreground_weight: float = 4.0                  # extra weight on pixels unlike the frame's background
+    foreground_weight: float = 8.0                  # extra weight on pixels unlike the frame's background
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     seed: int = 0
