@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from magi1.ops import half_math
-from magi1.runtime import synchronize
+from magi1.runtime import accelerator_available, synchronize
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -35,7 +35,7 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = torch.cuda.get_device_name(0) if accelerator_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"{gpu}, {datetime.date.today().isoformat()}")
 
@@ -44,17 +44,37 @@ def sync(device: torch.device) -> None:
     synchronize(device)
 
 
+# The clock every benchmark reads. Wall time by default; `use_cpu_clock()` switches to this process's CPU
+# time, which on a shared machine (other jobs on the same cores) still measures the work done, as long
+# as torch runs one thread (idle OpenMP workers spin and would be counted).
+_clock = time.perf_counter
+
+
+def use_cpu_clock() -> None:
+    global _clock
+    torch.set_num_threads(1)
+    _clock = time.process_time
+
+
+def clock() -> float:
+    return _clock()
+
+
+def clock_name() -> str:
+    return "CPU time, 1 thread" if _clock is time.process_time else f"wall time, {torch.get_num_threads()} threads"
+
+
 def time_it(fn, *, device: torch.device, warmup: int = 1, repeat: int = 3) -> float:
-    """Median wall seconds of `fn()` after `warmup` calls (synchronised on accelerators)."""
+    """Median seconds (see `clock`) of `fn()` after `warmup` calls (synchronised on accelerators)."""
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -138,3 +158,46 @@ def run_isolated(args: list[str], timeout: float | None = None) -> dict:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def dit_call_flops(c, x_shape, chunks: int, kv_range: torch.Tensor, xattn_mask: torch.Tensor) -> tuple[float, float]:
+    """(matmul FLOPs, attention FLOPs) of one MagiDiT call, from its arguments.
+
+    x_shape (B, C, T, h, w), `chunks` = t.shape[1], kv_range (B*R, 2) key spans, xattn_mask (B*R, 1, Lc).
+    Attention counts only the key spans each chunk reads (2 * 2 * q * k * head_dim per head: scores and the
+    weighted sum). Matmuls count every linear of the layers plus the patch embedding, caption projection and
+    final linear; elementwise work is not counted.
+    """
+    batch, _, frames, height, width = x_shape
+    tokens_per_row = (frames // chunks // c.t_patch_size) * (height // c.patch_size) * (width // c.patch_size)
+    tokens = batch * chunks * tokens_per_row
+    d, qd, kvd = c.hidden_size, c.num_attention_heads * c.kv_channels, c.num_query_groups * c.kv_channels
+    fc1 = 2 * c.ffn_hidden_size if c.gated_linear_unit else c.ffn_hidden_size
+    # q, qx (d -> qd), k, v (d -> kvd), linear_proj (2 qd -> d), fc1, fc2
+    per_token = 2 * d * (2 * qd + 2 * kvd) + 2 * (2 * qd) * d + 2 * d * fc1 + 2 * c.ffn_hidden_size * d
+    caption_lengths = xattn_mask.reshape(batch * chunks, -1).bool().sum(dim=1).tolist()
+    captions = sum(caption_lengths)
+    text_kv = 2 * captions * c.xattn_hidden_size * 2 * kvd
+    patch = c.in_channels * c.patch_size**2 * c.t_patch_size
+    outer = 2 * tokens * patch * d + 2 * captions * c.caption_channels * c.xattn_hidden_size + 2 * tokens * d * patch
+    matmul = c.num_layers * (tokens * per_token + text_kv) + outer
+    keys = sum(int(e) - int(s) for s, e in kv_range.reshape(-1, 2).tolist())
+    attn = c.num_layers * 4 * qd * tokens_per_row * (keys + captions)
+    return float(matmul), float(attn)
+
+
+class FlopCountingModel:
+    """Wraps a MagiDiT: counts (matmul, attention) FLOPs of every call from its arguments, then runs it."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.config = model.config
+        self.distill = getattr(model, "distill", False)
+        self.matmul = 0.0
+        self.attention = 0.0
+
+    def __call__(self, x, t, y, xattn_mask, kv_range, **kwargs):
+        matmul, attn = dit_call_flops(self.config, tuple(x.shape), t.shape[1], kv_range, xattn_mask)
+        self.matmul += matmul
+        self.attention += attn
+        return self.model(x, t, y, xattn_mask, kv_range, **kwargs)

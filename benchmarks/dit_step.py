@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
 
-from common import gemm_rate, machine_line, markdown_table, median, save_section, sdpa_rate, sync
+from common import (clock, clock_name, dit_call_flops, gemm_rate, machine_line, markdown_table, median, save_section, sdpa_rate, sync,
+                    use_cpu_clock)
 from magi1.config import ModelConfig
 from magi1.models.dit import MagiDiT
 from magi1.models.kv_cache import KVCache
@@ -44,19 +44,8 @@ def medium_config(dtype: str, layers: int = 8) -> ModelConfig:
 
 def step_flops(c: ModelConfig) -> tuple[float, float]:
     """(matmul FLOPs, attention FLOPs) of one forward of the window step."""
-    tokens = CHUNKS * CHUNK_TOKENS
-    d, qd, kvd = c.hidden_size, c.num_attention_heads * c.kv_channels, c.num_query_groups * c.kv_channels
-    fc1 = 2 * c.ffn_hidden_size if c.gated_linear_unit else c.ffn_hidden_size
-    # q, qx (d -> qd), k, v (d -> kvd), linear_proj (2 qd -> d), fc1, fc2
-    per_token = 2 * d * (2 * qd + 2 * kvd) + 2 * (2 * qd) * d + 2 * d * fc1 + 2 * c.ffn_hidden_size * d
-    text_kv = 2 * CHUNKS * TEXT * d * 2 * kvd
-    patch = c.in_channels * c.patch_size**2 * c.t_patch_size
-    # outside the layers: patch embedding, caption projection, final linear (float32 in every regime)
-    outer = 2 * tokens * patch * d + 2 * CHUNKS * TEXT * c.caption_channels * d + 2 * tokens * d * patch
-    matmul = c.num_layers * (tokens * per_token + text_kv) + outer
-    self_attn = 4 * CHUNK_TOKENS * sum(SPANS) * CHUNK_TOKENS * qd
-    cross_attn = 4 * tokens * TEXT * qd
-    return matmul, c.num_layers * (self_attn + cross_attn)
+    x, t, _, mask, kv_range = build_inputs(c, "cpu")
+    return dit_call_flops(c, tuple(x.shape), t.shape[1], kv_range, mask)
 
 
 def random_model(c: ModelConfig, dtype: torch.dtype, device) -> MagiDiT:
@@ -132,10 +121,10 @@ def measure(dtype_name: str, half_mode: str, layers: int, repeat: int, device, c
             gemm["fp32"] = gemm_rate(dtype, device, repeat=1, half_mode="fp32")
             sdpa["fp32"] = sdpa_rate(dtype, device, half_mode="fp32", **sdpa_shape)
         with half_math(half_mode):
-            start = time.perf_counter()
+            start = clock()
             step()
             sync(device)
-            seconds = time.perf_counter() - start
+            seconds = clock() - start
         roofline = matmul / max(gemm.values()) + attn / max(sdpa.values())
         rounds.append(dict(seconds=seconds, gemm=gemm, sdpa=sdpa, roofline=roofline, ratio=seconds / roofline))
     seconds = median(r["seconds"] for r in rounds)
@@ -163,9 +152,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd layers")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cpu-clock", action="store_true",
+                        help="one thread, timed by process CPU time: robust on a machine shared with other jobs")
     parser.add_argument("--no-save", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = parser.parse_args()
     device = pick_device(args.device)
+    if args.cpu_clock:
+        use_cpu_clock()
     rows = []
     for name in args.dtype:
         modes = args.half_math if parse_dtype(name) in HALF_DTYPES else ["auto"]
@@ -176,10 +169,10 @@ def main() -> None:
     c = dataclasses.replace(medium_config("float32"), num_layers=args.layers)
     matmul, attn = step_flops(c)
     table = markdown_table(HEADERS, rows)
-    body = (f"{machine_line()}\n\n`python benchmarks/dit_step.py --layers {args.layers} --repeat {args.repeat}`: "
+    body = (f"{machine_line()}\n\n`python benchmarks/dit_step.py --layers {args.layers} --repeat {args.repeat}{' --cpu-clock' if args.cpu_clock else ''}`: "
             f"one forward, {matmul / 1e12:.3f} TFLOP of matmuls + {attn / 1e12:.3f} TFLOP of attention (key spans "
-            f"{SPANS} chunks of {CHUNK_TOKENS} tokens, {CACHED} chunks cached). Rates in TFLOP/s, medians of "
-            f"{args.repeat} rounds; the roofline takes the better of the native and via-fp32 rates.\n\n{table}")
+            f"{SPANS} chunks of {CHUNK_TOKENS} tokens, {CACHED} chunks cached). {clock_name()}; rates in TFLOP/s, "
+            f"medians of {args.repeat} rounds; the roofline takes the better of the native and via-fp32 rates.\n\n{table}")
     print(body)
     if not args.no_save:
         save_section("DiT window step (medium config)", body)
