@@ -7,9 +7,14 @@ as no later step reads them. Each chunk count runs in its own process, so its pe
 Time per chunk = wall time between two consecutive yielded chunks. In steady state that is one window
 stage (num_steps / window_size forward steps over a full window of 4 chunks plus the re-encoded clean
 one); the last 3 chunks of a video finish in shrinking windows and cost less, so the growth figure
-compares chunk 2 with the last chunk that still had a full window.
+compares chunk 2 with the last chunk that still had a full window (the 19-chunk run makes that chunk 16).
 
-    python benchmarks/cost_growth.py [--chunks 2 4 8 16] [--config small|medium] [--steps 8] [--dtype fp32]
+One torch thread by default: the growth is the point here, and on a machine shared with other jobs a
+second OpenMP thread that gets descheduled stalls every small op at its barrier (measured: a 5-chunk
+small-config run took ~10 s with 1 thread and ~2 min with 2 under load).
+
+    python benchmarks/cost_growth.py [--chunks 2 4 8 16 19] [--config small|medium] [--steps 8] [--dtype fp32]
+                                     [--threads 1]
 """
 
 from __future__ import annotations
@@ -91,11 +96,11 @@ def worker(chunks: int, config_name: str, steps: int, dtype_name: str, threads: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8, 16, 19])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per chunk (a multiple of 4)")
     parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
@@ -105,9 +110,8 @@ def main() -> None:
 
     rows, results = [], {}
     for n in args.chunks:
-        cmd = [__file__, "--worker", str(n), "--config", args.config, "--steps", str(args.steps), "--dtype", args.dtype]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+        cmd = [__file__, "--worker", str(n), "--config", args.config, "--steps", str(args.steps), "--dtype", args.dtype,
+               "--threads", str(args.threads)]
         r = results[n] = run_isolated(cmd)
         t = r["chunk_seconds"]
         last_full = max(1, n - WINDOW)  # index of the last chunk that finished in a full window
@@ -116,13 +120,14 @@ def main() -> None:
                      f"{t[last_full] / second:.2f}" if n > 1 else "-", f"{t[-1]:.3f}", f"{r['kv_peak_mb']:.1f}",
                      f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] - r['rss_before_mb']:.0f}"])
         print(markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
+    longest = results[sizes[-1]]["chunk_seconds"] if (sizes := sorted(results)) else []
     body = (f"{machine_line()}\n\n`python benchmarks/cost_growth.py --config {args.config} --steps {args.steps} "
-            f"--dtype {args.dtype}`: random-weight DiT ({args.config}: "
+            f"--dtype {args.dtype} --threads {args.threads}`: random-weight DiT ({args.config}: "
             f"{', '.join(f'{k}={v}' for k, v in CONFIGS[args.config][0].items())}), "
             f"{CONFIGS[args.config][1]}x{CONFIGS[args.config][1]} latent, {args.steps} steps, cfg 3, streamed; "
             f"one process per row. Seconds are wall time between yielded chunks; chunk 1 includes filling the "
-            f"window; the last {WINDOW - 1} chunks finish in shrinking windows.\n\n{markdown_table(HEADERS, rows)}")
-    sizes = sorted(results)
+            f"window; the last {WINDOW - 1} chunks finish in shrinking windows.\n\n{markdown_table(HEADERS, rows)}"
+            f"\n\nSeconds per chunk, {sizes[-1]}-chunk run: {', '.join(f'{x:.2f}' for x in longest)}.")
     if 4 in results and sizes[-1] > 4:
         body += (f"\n\nPeak RSS {sizes[-1]} chunks / 4 chunks: "
                  f"{results[sizes[-1]]['peak_rss_mb'] / results[4]['peak_rss_mb']:.3f}; "

@@ -175,7 +175,8 @@ def main() -> None:
             f"medians of {args.repeat} rounds; the roofline takes the better of the native and via-fp32 rates.\n\n{table}")
     print(body)
     if not args.no_save:
-        save_section("DiT window step (medium config)", body)
+        title = "DiT window step (medium config" + (", CPU clock)" if args.cpu_clock else ")")
+        save_section(title, body)
 
 
 if __name__ == "__main__":

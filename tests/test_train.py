@@ -330,3 +330,24 @@ def test_vae_trainer_lowers_the_reconstruction_error():
     for step in range(20):
         trainer.train_step(step)
     assert reconstruction_psnr(vae, probe) > before + 0.5  # ~1 dB in 20 steps on this tiny batch
+
+
+def test_decoder_only_fine_tune_keeps_the_encoder_and_trains_the_decoder():
+    from magi1.models.vae import VAEConfig, ViTVAE
+    from magi1.train.data import PixelClips
+    from magi1.train.vae_trainer import VAETrainer, VAETrainSettings
+
+    gen = torch.Generator().manual_seed(0)
+    clips = PixelClips([(torch.rand(8, 16, 16, 3, generator=gen) * 255).to(torch.uint8).numpy() for _ in range(2)])
+    config = VAEConfig(video_size=16, video_length=4, z_chans=4, embed_dim=256, depth=1, num_heads=4, mlp_ratio=0.25,
+                       qkv_bias=True, ln_in_attn=True, conv_last_layer=True)
+    vae = ViTVAE(config).init_weights(0).requires_grad_(True)
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    trainer = VAETrainer(vae, clips, VAETrainSettings(steps=3, batch=2, lengths=(4,), warmup=1, train_encoder=False))
+    for step in range(3):
+        trainer.train_step(step)
+    assert all(torch.equal(v, encoder_before[k]) for k, v in vae.encoder.state_dict().items())
+    assert any(not torch.equal(v, decoder_before[k]) for k, v in vae.decoder.state_dict().items())
+    averaged = trainer.averaged_weights()  # the exported encoder is the frozen one too
+    assert all(torch.equal(averaged["encoder." + k], v) for k, v in encoder_before.items() if "encoder." + k in averaged)

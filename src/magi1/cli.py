@@ -13,7 +13,7 @@ from pathlib import Path
 
 logger = logging.getLogger("magi1")
 
-DEFAULT_PROMPT = "a red ball and a blue square bounce on the floor"
+DEFAULT_PROMPT = "a red ball and a blue square fall and bounce on the floor"
 
 
 class UsageError(Exception):

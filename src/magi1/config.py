@@ -25,6 +25,7 @@ PRESET_NAMES = (
     "24B_distill",
     "24B_distill_quant",
     "demo",
+    "demo_distill",
 )
 
 

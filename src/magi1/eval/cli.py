@@ -26,7 +26,7 @@ PREFIX_FRAMES = 32  # the official v2v takes the first 32 frames of the prefix v
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="magi1 eval physics", description=__doc__.splitlines()[0])
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
-    p.add_argument("--scenarios", type=int, default=4, help="held-out synthetic scenarios")
+    p.add_argument("--scenarios", type=int, default=12, help="held-out synthetic scenarios")
     p.add_argument("--all_perspectives", action="store_true", help="score left/center/right (default: center)")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds of continuation that are scored")
     p.add_argument("--modes", nargs="+", default=["v2v", "i2v"], choices=["v2v", "i2v"])

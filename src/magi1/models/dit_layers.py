@@ -166,7 +166,7 @@ def gated_post_norm_residual(h: torch.Tensor, x: torch.Tensor, gate: torch.Tenso
     """
     if torch.is_grad_enabled():
         return (h.float() + norm(per_chunk_gate(x.float(), gate.float(), token_chunks))).to(h.dtype)
-    x, gate = x.float(), gate.float()
+    x, gate = x.float().contiguous(), gate.float()
     if token_chunks is not None:
         x.mul_(gate[:, token_chunks])
     else:
@@ -359,3 +359,16 @@ class TransformerBlocks(nn.Module):
         self.final_layernorm = ZeroCenteredLayerNorm(
             config.hidden_size, config.layernorm_epsilon, config.apply_layernorm_1p
         )
+
+
+def compile_layers(blocks: TransformerBlocks, **compile_kwargs) -> TransformerBlocks:
+    """Opt-in `torch.compile` of each layer's MLP (pre-norm, fc1, GELU / SwiGLU, fc2 and their casts).
+
+    The MLP is the largest pure tensor-in, tensor-out piece of a layer; attention, the KV cache and the
+    range plans stay eager. Fused kernels reorder the float32 sums of the norm, so outputs move by float32
+    rounding (in bf16 an occasional ulp): not the default. Measured on CPU it does not pay (see
+    docs/benchmarks.md), the GEMMs dominate there; on GPUs it removes memory passes.
+    """
+    for layer in blocks.layers:
+        layer.mlp.compile(**compile_kwargs)
+    return blocks

@@ -118,8 +118,11 @@ def self_only_ranges(batch: int, tokens_per_chunk: int, device: torch.device, fi
 def three_pass_velocity(model: Any, call: WindowCall, cache: Any, runtime_config: Any) -> torch.Tensor:
     """Guided velocity (1, C, n*cw, h, w) of the n window chunks, from three model passes.
 
-    The passes are separate calls for now; batching cond_full with cond_pre (same x, t, spans) and
-    folding uncond in is the obvious later speed-up, once the model takes a per-sample null_adaln.
+    The passes are separate calls. Batching cond_full with cond_pre (same x, t, spans) into one B = 2 call
+    would only merge GEMMs that are already large (a window is 4 chunks of tokens: 6k at the medium
+    benchmark config, ~49k at 720p) and leave the attention work as it is; on CPU one GEMM of 2M rows
+    measured no faster than two of M (docs/benchmarks.md), so it is not done. The cache-writing pass
+    must stay a pass of its own in any case: only the no-text keys/values are cached.
     """
     common = dict(kv_cache=cache, slice_point=call.slice_point, read_cache=call.read_cache,
                   skip_last_chunk_write=call.nearly_clean, step_size=call.step_size)

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=defaults.workdir)
     p.add_argument("--out-dir", default=defaults.out_dir, help="where vae/, t5/, dit/ and the log are written")
     p.add_argument("--preset-dir", default=defaults.preset_dir, help="where demo.json / demo_distill.json go")
-    for name in ("seed", "vae_steps", "vae_clips", "dit_steps", "dit_clips", "distill_steps", "base_steps",
-                 "distill_infer_steps", "dit_tokens_per_step"):
+    for name in ("seed", "vae_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips", "distill_steps",
+                 "base_steps", "distill_infer_steps", "dit_tokens_per_step"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_train(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "magi1 train " + " ".join(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill}[args.what](args)
@@ -119,10 +121,11 @@ def _demo(args) -> int:
 
     settings = RecipeSettings(
         workdir=args.workdir, out_dir=args.out_dir, preset_dir=args.preset_dir, seed=args.seed,
-        vae_steps=args.vae_steps, vae_clips=args.vae_clips, dit_steps=args.dit_steps, dit_clips=args.dit_clips,
+        vae_steps=args.vae_steps, decoder_steps=args.decoder_steps, vae_clips=args.vae_clips,
+        dit_steps=args.dit_steps, dit_clips=args.dit_clips,
         distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
         dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
-        threads=args.threads, progress=not args.quiet,
+        threads=args.threads, progress=not args.quiet, command=args.command_line,
     )
     outcome = DemoRecipe(settings).run()
     print(f"demo model trained in {outcome['seconds'] / 60:.1f} min; log: {Path(args.out_dir) / 'training_log.txt'}")

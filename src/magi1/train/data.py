@@ -138,23 +138,24 @@ class LatentClips:
         return cls(latents, json.loads(metadata["captions"]), image, json.loads(metadata.get("meta", "{}")))
 
 
-def build_latent_cache(source, encode_video: Callable[[np.ndarray], torch.Tensor],
-                       encode_image: Callable[[np.ndarray], torch.Tensor], *, count: int | None = None,
-                       progress: bool = True, meta: dict | None = None) -> LatentClips:
-    """Encode every clip (and its first frame as an image) with the given inference-side encoders.
+def build_latent_cache(source, encode_videos: Callable[[list[np.ndarray]], torch.Tensor],
+                       encode_images: Callable[[list[np.ndarray]], torch.Tensor], *, count: int | None = None,
+                       batch_size: int = 16, progress: bool = True, meta: dict | None = None) -> LatentClips:
+    """Encode every clip (and its first frame as an image) with inference-equivalent encoders.
 
-    encode_video: uint8 (T, H, W, 3) → (1, C, T/4, h, w) scaled latent; encode_image: uint8 (H, W, 3) →
-    (1, C, 1, h, w). Clips must all have the same length.
+    encode_videos: [uint8 (T, H, W, 3)] → (B, C, T/4, h, w) scaled latents; encode_images: [uint8 (H, W, 3)]
+    → (B, C, 1, h, w). Clips must all have the same length.
     """
     count = len(source) if count is None else min(count, len(source))
     latents, images, captions = [], [], []
-    for index in tqdm(range(count), desc="encode clips", disable=not progress):
-        frames, caption = clip_at(source, index)
+    for first in tqdm(range(0, count, batch_size), desc="encode clips", disable=not progress):
+        items = [clip_at(source, i) for i in range(first, min(first + batch_size, count))]
+        frames = [f for f, _ in items]
         with torch.no_grad():
-            latents.append(encode_video(frames)[0].float().cpu())
-            images.append(encode_image(frames[0])[0].float().cpu())
-        captions.append(caption)
-    return LatentClips(torch.stack(latents), captions, torch.stack(images), meta)
+            latents.append(encode_videos(frames).float().cpu())
+            images.append(encode_images([f[0] for f in frames]).float().cpu())
+        captions += [c for _, c in items]
+    return LatentClips(torch.cat(latents), captions, torch.cat(images), meta)
 
 
 class VideoFolder:

@@ -103,7 +103,7 @@ class DiTTrainer:
 
     def make_batch(self, generator: torch.Generator, *, num_chunks: int | None = None, allow_dropout: bool = True,
                    staged: bool | None = None, phase_steps: int | None = None) -> tuple[DiTBatch, list[str]]:
-        """Draw clips, layouts and noise; caption embeddings are filled in by the caller (they may train)."""
+        """Draw R, clips, layouts and noise, and embed the captions (with gradients when the encoder trains)."""
         chunks = num_chunks or self.builder.draw_num_chunks(generator, self.max_chunks)
         size = self.batch_size_for(chunks)
         layouts = [self.builder.draw_layout(chunks, generator, allow_dropout=allow_dropout, staged=staged,

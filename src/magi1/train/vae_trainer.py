@@ -62,6 +62,7 @@ class VAETrainSettings:
     foreground_weight: float = 8.0                  # extra weight on pixels unlike the frame's background
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    train_encoder: bool = True                      # False: fine-tune the decoder only; latents stay as they are
     seed: int = 0
 
 
@@ -70,8 +71,12 @@ class VAETrainer:
         self.vae = vae
         self.clips = clips
         self.settings = s = settings or VAETrainSettings()
+        if not s.train_encoder:
+            vae.encoder.requires_grad_(False)
         decay, keep = [], []
         for name, p in vae.named_parameters():
+            if not p.requires_grad:
+                continue
             (keep if p.ndim < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                                             {"params": keep, "weight_decay": 0.0}], lr=s.lr, betas=s.betas)
@@ -79,7 +84,8 @@ class VAETrainer:
 
     def reconstruct(self, pixels: torch.Tensor, generator: torch.Generator | None = None):
         """(B, 3, T, H, W) in [-1, 1] → (reconstruction of a posterior sample, mean, logvar)."""
-        mean, logvar = posterior(self.vae.encoder(pixels))
+        with torch.set_grad_enabled(self.settings.train_encoder and torch.is_grad_enabled()):
+            mean, logvar = posterior(self.vae.encoder(pixels))
         z = mean
         if generator is not None:
             z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator)
@@ -90,6 +96,8 @@ class VAETrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = s.lr * warmup_cosine(step, s.steps, s.warmup)
         self.vae.train()
+        if not s.train_encoder:
+            self.vae.encoder.eval()
         generator = step_generator(s.seed, step)
         length = s.lengths[int(torch.randint(len(s.lengths), (1,), generator=generator))]
         pixels = self.clips.sample(s.batch, length, generator)
