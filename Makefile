@@ -19,7 +19,7 @@ bench-dit:
 	$(PYTHON) benchmarks/dit_step.py --layers $(BENCH_LAYERS) --repeat $(BENCH_REPEAT)
 
 bench-growth:
-	$(PYTHON) benchmarks/cost_growth.py --chunks 2 4 8 16
+	$(PYTHON) benchmarks/cost_growth.py --chunks 2 4 8 16 19
 
 bench-vae:
 	$(PYTHON) benchmarks/vae.py --repeat $(BENCH_REPEAT)
