@@ -120,8 +120,8 @@ def three_pass_velocity(model: Any, call: WindowCall, cache: Any, runtime_config
 
     The passes are separate calls. Batching cond_full with cond_pre (same x, t, spans) into one B = 2 call
     would only merge GEMMs that are already large (a window is 4 chunks of tokens: 6k at the medium
-    benchmark config, ~49k at 720p) and leave the attention work as it is; on CPU one GEMM of 2M rows
-    measured no faster than two of M (docs/benchmarks.md), so it is not done. The cache-writing pass
+    benchmark config, ~49k at 720p), which already run near the machine's GEMM rate (docs/benchmarks.md),
+    and leave the attention work as it is, so it is not done. The cache-writing pass
     must stay a pass of its own in any case: only the no-text keys/values are cached.
     """
     common = dict(kv_cache=cache, slice_point=call.slice_point, read_cache=call.read_cache,
