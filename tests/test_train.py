@@ -351,3 +351,26 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_trains_the_decoder():
     assert any(not torch.equal(v, decoder_before[k]) for k, v in vae.decoder.state_dict().items())
     averaged = trainer.averaged_weights()  # the exported encoder is the frozen one too
     assert all(torch.equal(averaged["encoder." + k], v) for k, v in encoder_before.items() if "encoder." + k in averaged)
+
+
+def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
+    """Every stage of `magi1 train demo` at a few steps: official folders, presets, a log, a video."""
+    import json
+
+    from magi1.pipeline import MagiPipeline
+    from magi1.train.demo_recipe import DemoRecipe, RecipeSettings
+
+    settings = RecipeSettings(workdir=str(tmp_path / "work"), out_dir=str(tmp_path / "demo"),
+                              preset_dir=str(tmp_path / "presets"), vae_clips=4, vae_steps=1, decoder_steps=1,
+                              dit_clips=4, dit_steps=2, distill_steps=1, checkpoint_every_s=1e9, progress=False,
+                              command="test")
+    outcome = DemoRecipe(settings).run()
+    assert set(outcome["results"]) == {"vae", "latents", "decoder", "text", "dit", "distill"}
+    preset = json.loads((tmp_path / "presets" / "demo.json").read_text())
+    assert preset["runtime_config"]["load"] == "../demo/dit"  # relative to the JSON: the folder can move
+    assert (tmp_path / "demo" / "dit" / "inference_weight" / "model.safetensors.zst").is_file()
+    assert "[dit] step" in (tmp_path / "demo" / "training_log.txt").read_text()
+    for name in ("demo.json", "demo_distill.json"):
+        pipe = MagiPipeline.from_pretrained(str(tmp_path / "presets" / name), device="cpu")
+        frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames
+        assert frames.shape == (24, 64, 64, 3)

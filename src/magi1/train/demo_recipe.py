@@ -7,10 +7,11 @@ Stages (each resumable; a finished stage is skipped on a rerun):
             hard-wired scale) has unit standard deviation, as the DiT expects.
 2. latents  every training clip encoded once through the inference helpers (tiled encode, posterior
             mean, × 0.18215), plus each clip's first frame encoded as an image (the i2v condition).
-3. text     a Unigram tokenizer trained on the captions, and a tiny T5 encoder (random start).
-4. DiT      the MAGI-1 objective (train.dit_trainer), the T5 training along through the caption path.
-5. distill  shortcut distillation into a cfg-free few-step model (train.distill).
-6. presets  `presets/demo.json` (base, cfg 3) and `presets/demo_distill.json` (distill, cfg 1), in the
+3. decoder  more steps for the VAE decoder alone (encoder frozen, so the cached latents stay valid).
+4. text     a Unigram tokenizer trained on the captions, and a tiny T5 encoder (random start).
+5. DiT      the MAGI-1 objective (train.dit_trainer), the T5 training along through the caption path.
+6. distill  shortcut distillation into a cfg-free few-step model (train.distill).
+7. presets  `presets/demo.json` (base, cfg 3) and `presets/demo_distill.json` (distill, cfg 1), in the
             official format with paths relative to the JSON; a training log next to the weights.
 
 Everything is a function of the settings and the seed. Weights are stored so that the whole demo stays
@@ -200,6 +201,15 @@ class DemoRecipe:
 
         return SceneConfig(height=self.s.size, width=self.s.size, num_frames=frames)
 
+    def vae_clips(self):
+        """The VAE's pixel clips (their own seeds, apart from the DiT's and the eval's)."""
+        from .data import PixelClips
+        from .synthetic import SyntheticPhysicsDataset
+
+        source = SyntheticPhysicsDataset(self.s.vae_clips, self.scene_config(self.s.vae_clip_frames),
+                                         first_seed=500_000 + self.s.seed)
+        return PixelClips.from_source(source, progress=self.s.progress)
+
     # ------------------------------------------------------------------ stages
     def run(self) -> dict:
         if self.s.threads:
@@ -215,14 +225,10 @@ class DemoRecipe:
         if self._done("vae"):
             return
         from ..models.vae import VAEConfig, ViTVAE
-        from .data import PixelClips
-        from .synthetic import SyntheticPhysicsDataset
         from .vae_trainer import VAETrainer, VAETrainSettings
 
         t0 = time.perf_counter()
-        source = SyntheticPhysicsDataset(self.s.vae_clips, self.scene_config(self.s.vae_clip_frames),
-                                         first_seed=500_000 + self.s.seed)
-        clips = PixelClips.from_source(source, progress=self.s.progress)
+        clips = self.vae_clips()
         vae = ViTVAE(VAEConfig.from_ddconfig(DEMO_VAE_DDCONFIG)).init_weights(self.s.seed).requires_grad_(True)
         trainer = VAETrainer(vae, clips, VAETrainSettings(steps=self.s.vae_steps, batch=self.s.vae_batch,
                                                           lr=self.s.vae_lr, seed=self.s.seed))
@@ -268,14 +274,10 @@ class DemoRecipe:
         if self._done("decoder") or self.s.decoder_steps <= 0:
             return
         from ..models.vae import ViTVAE
-        from .data import PixelClips
-        from .synthetic import SyntheticPhysicsDataset
         from .vae_trainer import VAETrainer, VAETrainSettings, reconstruction_psnr
 
         t0 = time.perf_counter()
-        source = SyntheticPhysicsDataset(self.s.vae_clips, self.scene_config(self.s.vae_clip_frames),
-                                         first_seed=500_000 + self.s.seed)
-        clips = PixelClips.from_source(source, progress=self.s.progress)
+        clips = self.vae_clips()
         vae = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
         probe = clips.sample(16, 12, torch.Generator().manual_seed(1))
         before = reconstruction_psnr(vae, probe)
