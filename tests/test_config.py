@@ -38,10 +38,18 @@ def test_preset_variants_differ_as_documented():
 
 def test_relative_paths_resolve_against_the_json_folder(tmp_path):
     data = preset_dict()
+    data["runtime_config"]["load"] = "./downloads/4.5B_base"  # as in the official example JSONs
     (tmp_path / "c.json").write_text(json.dumps(data))
     config = load_config(tmp_path / "c.json")
     assert config.resolve_path(config.runtime_config.load) == str(tmp_path / "downloads" / "4.5B_base")
     assert config.resolve_path(None) is None
+
+
+@pytest.mark.parametrize("name", OFFICIAL_PRESETS)
+def test_presets_point_at_the_hub_cache_not_into_the_package(name):
+    r = preset_dict(name)["runtime_config"]
+    assert r["load"] == f"hf://sand-ai/MAGI-1/ckpt/magi/{name}"
+    assert (r["vae_pretrained"], r["t5_pretrained"]) == ("hf://sand-ai/MAGI-1/ckpt/vae", "hf://sand-ai/MAGI-1/ckpt/t5")
 
 
 def test_unknown_preset_suggests_the_closest():

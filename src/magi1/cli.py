@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_make_tiny_parser(subparsers)
+    from .download import add_download_parser
+
+    add_download_parser(subparsers)
     return parser
 
 

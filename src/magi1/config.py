@@ -196,9 +196,17 @@ class MagiConfig:
         return self.replace(**parsed)
 
     def resolve_path(self, value: str | None) -> str | None:
-        """A path from the JSON, relative to the JSON's own folder (the official files use ./downloads/...)."""
+        """A path from the JSON, relative to the JSON's own folder (the official files use ./downloads/...).
+
+        `hf://owner/name/path` names a folder of a Hugging Face repository: its place in the local cache
+        (the presets point there; `magi1 download` fills it). Missing from the cache: MissingWeightsError.
+        """
         if value is None:
             return None
+        if value.startswith("hf://"):
+            from .hub import resolve_hub_uri
+
+            return resolve_hub_uri(value)
         path = Path(value).expanduser()
         if not path.is_absolute() and self.source_dir is not None:
             candidate = Path(self.source_dir) / path

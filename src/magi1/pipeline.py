@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .config import MagiConfig, load_config
+from .config import MagiConfig
 from .errors import InputError, MissingWeightsError
 from .runtime import cpu_generator, parse_dtype, pick_device
 
@@ -132,13 +132,20 @@ def check_weights_present(config: MagiConfig, *, text_encoder: bool = True, vae:
                                   f"(runtime_config.t5_pretrained) does not exist")
 
 
+def _resolved_or_none(config: MagiConfig, value: str | None) -> str | None:
+    try:
+        return config.resolve_path(value)
+    except MissingWeightsError:  # an hf:// folder not in the cache: absent, reported when first needed
+        return None
+
+
 def _vae_present(config: MagiConfig) -> bool:
-    folder = config.resolve_path(config.runtime_config.vae_pretrained)
+    folder = _resolved_or_none(config, config.runtime_config.vae_pretrained)
     return bool(folder) and (Path(folder) / "config.json").is_file()
 
 
 def _t5_present(config: MagiConfig) -> bool:
-    folder = config.resolve_path(config.runtime_config.t5_pretrained)
+    folder = _resolved_or_none(config, config.runtime_config.t5_pretrained)
     return bool(folder) and Path(folder).is_dir()
 
 
@@ -159,16 +166,45 @@ class MagiPipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, config: str | Path | MagiConfig = "demo", *, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None, special_tokens_path: str | None = None,
-                        t5_device: str | None = None, parallel=None) -> "MagiPipeline":
-        """Build from an official config JSON, a preset name, or a MagiConfig; weights from the paths it names."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | MagiConfig = "demo", *,
+                        variant: str | None = None, config: str | Path | MagiConfig | None = None,
+                        torch_dtype: str | torch.dtype | None = None, device_map: str | None = None,
+                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                        special_tokens_path: str | None = None, t5_device: str | None = None, parallel=None,
+                        local_files_only: bool = False, cache_dir: str | Path | None = None,
+                        revision: str | None = None, token: str | bool | None = None) -> "MagiPipeline":
+        """Build a pipeline, diffusers style.
+
+        pretrained_model_name_or_path: a hub repository id with `variant` ("sand-ai/MAGI-1",
+            variant="4.5B_distill": fetched into the Hugging Face cache unless already there; offline with
+            HF_HUB_OFFLINE=1 or local_files_only=True), a folder from `magi1 download --dir` (with variant)
+            or from `save_pretrained`, an official config JSON, a preset name, or a MagiConfig.
+        config: the architecture for a downloaded variant, when not the variant's own preset.
+        torch_dtype (alias dtype): weights and activations dtype; default bfloat16 on GPU, float32 on CPU.
+        device_map: None (everything on `device`, default: the GPU when there is one) or one device name.
+        special_tokens_path: the official special_tokens.npz; found by itself beside hub downloads.
+        """
         from .checkpoint.loader import load_dit
+        from .hub import resolve_pretrained
         from .models.text_encoder import T5TextEncoder
         from .models.vae import ViTVAE
         from .sampling.special_tokens import SpecialTokens
 
-        config = load_config(config)
+        if device_map is not None:
+            if device is not None or not isinstance(device_map, str) or device_map in ("balanced", "sequential"):
+                raise InputError("device_map takes None or one device name (e.g. 'cuda'); to spread a model over "
+                                 "memory kinds use the offload options, over GPUs run under torchrun")
+            device = device_map
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise InputError("give torch_dtype or dtype, not both")
+            dtype = torch_dtype
+        config, beside = resolve_pretrained(pretrained_model_name_or_path, variant=variant, config=config,
+                                            local_files_only=local_files_only, cache_dir=cache_dir,
+                                            revision=revision, token=token)
+        if special_tokens_path is None and beside is not None:
+            logger.info("using the special tokens %s", beside)
+            special_tokens_path = str(beside)
         # The DiT must be there; T5 and the VAE only when a prompt is encoded or frames decoded (a run given
         # prompt_embeds and returning latents needs neither), so their absence is reported at first use.
         check_weights_present(config, text_encoder=False, vae=False)
