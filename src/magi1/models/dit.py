@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..ops.attention import RangeAttention
 from ..runtime import parse_dtype
 from .dit_layers import CaptionEmbedder, FinalLinear, LayerContext, TimestepEmbedder, TransformerBlocks
-from .kv_cache import CacheAccess, KVCache
+from .kv_cache import CacheAccess, KVCache, KVCacheBatch
 from .rope import LearnableRotary3D
 
 # Parameters the official `_high_precision_promoter` keeps in float32 whatever the params dtype.
@@ -103,7 +103,7 @@ class MagiDiT(nn.Module):
         kv_range: torch.Tensor,
         *,
         null_adaln: bool | torch.Tensor,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | KVCacheBatch | None = None,
         slice_point: int = 0,
         read_cache: bool = False,
         write_cache: bool = False,
@@ -291,8 +291,9 @@ class MagiDiT(nn.Module):
         spans = [(b * width + s - first_row, b * width + e - first_row) for b, s, e in local]
         write_rows = 0
         if write_cache:
-            if batch != 1:
-                raise ValueError(f"writing the KV cache needs batch size 1, got {batch}")
+            caches = len(kv_cache) if isinstance(kv_cache, KVCacheBatch) else 1
+            if batch != caches:
+                raise ValueError(f"writing the KV cache needs one cache per batch element ({caches} for {batch})")
             write_rows = seq - (ctn if skip_last_chunk_write else 0)
         kv_cache.set_block_tokens(ctn)
         access = CacheAccess(kv_cache, read_start=first_row, read_end=cached, write_rows=max(write_rows, 0))

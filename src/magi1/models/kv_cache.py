@@ -144,6 +144,40 @@ class KVCache:
         self.released_before = 0
 
 
+class KVCacheBatch:
+    """One KVCache per video of a batch: video b's rows live in `caches[b]` (several videos, one DiT call).
+
+    Each video's cache is exactly the cache its single run would have, so batching never mixes videos.
+    """
+
+    def __init__(self, caches: list[KVCache]) -> None:
+        if not caches:
+            raise ValueError("a KVCacheBatch needs at least one cache")
+        self.caches = list(caches)
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    def set_block_tokens(self, tokens: int) -> None:
+        for cache in self.caches:
+            cache.set_block_tokens(tokens)
+
+    def release_before(self, token: int) -> None:
+        for cache in self.caches:
+            cache.release_before(token)
+
+    def nbytes(self) -> int:
+        return sum(cache.nbytes() for cache in self.caches)
+
+    def clear(self) -> None:
+        for cache in self.caches:
+            cache.clear()
+
+
+def caches_of(cache: KVCache | KVCacheBatch) -> list[KVCache]:
+    return cache.caches if isinstance(cache, KVCacheBatch) else [cache]
+
+
 @dataclass
 class CacheAccess:
     """What one forward call does with the cache, decided once and applied in every layer.
@@ -152,19 +186,30 @@ class CacheAccess:
     `write_rows` tokens are stored at rows [read_end, read_end + write_rows) (read_end = slice_point * ctn).
     """
 
-    cache: KVCache
+    cache: KVCache | KVCacheBatch
     read_start: int
     read_end: int
     write_rows: int
 
     def exchange(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
-        """kv: (B, S, kv_heads, 2*hd) of this call -> (B, P + S, kv_heads, 2*hd) with the cached prefix."""
+        """kv: (B, S, kv_heads, 2*hd) of this call -> (B, P + S, kv_heads, 2*hd) with the cached prefix.
+
+        One cache serves every batch element (read only); a KVCacheBatch gives batch element b its own.
+        """
+        caches = caches_of(self.cache)
         if self.write_rows:
-            if kv.shape[0] != 1:
-                raise ValueError("writing the KV cache needs batch size 1")
-            self.cache.write(layer, self.read_end, kv[0, : self.write_rows])
+            if len(caches) != kv.shape[0]:
+                raise ValueError(f"writing the KV cache needs one cache per batch element: {len(caches)} "
+                                 f"for a batch of {kv.shape[0]}")
+            for b, cache in enumerate(caches):
+                cache.write(layer, self.read_end, kv[b, : self.write_rows])
         if self.read_end == self.read_start:
             return kv
-        prefix = self.cache.read(layer, self.read_start, self.read_end, device=kv.device)
-        prefix = prefix.to(kv.dtype)[None].expand(kv.shape[0], -1, -1, -1)
+        parts = [cache.read(layer, self.read_start, self.read_end, device=kv.device) for cache in caches]
+        if len(parts) == 1:
+            prefix = parts[0].to(kv.dtype)[None].expand(kv.shape[0], -1, -1, -1)
+        elif len(parts) == kv.shape[0]:
+            prefix = torch.stack(parts).to(kv.dtype)  # (B, P, kv_heads, 2*hd)
+        else:
+            raise ValueError(f"{len(parts)} caches for a batch of {kv.shape[0]}")
         return torch.cat([prefix, kv], dim=1)

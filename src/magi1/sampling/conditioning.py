@@ -10,6 +10,9 @@ Output, as official: y (2, n_chunks, Lc, Ct) float32, row 0 conditional, row 1 n
   (never read: prefix chunks never enter a denoising window).
 - Null rows: null_caption_embedding (optionally with the negative tags in front), mask = first 50
   positions, so the "empty prompt" is 50 learned vectors; there is no T5 pass for it.
+- Negative prompt (a magi1 extension, off unless given): the null rows of the generated chunks become
+  the negative prompt's T5 rows and mask, so the passes that read null rows (the text-free pass with
+  context and the context-free pass) see it instead of the empty prompt; prefix chunks keep null rows.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def build_conditioning(
     positive_tags: Sequence[str] = DEFAULT_POSITIVE,
     negative_tokens: bool = False,
     null_token_length: int = NULL_TOKEN_LENGTH,
+    negative_captions: torch.Tensor | None = None,
+    negative_masks: torch.Tensor | None = None,
 ) -> Conditioning:
     """y and masks for `prefix_chunks` whole prefix chunks followed by `generated_chunks` new ones.
 
@@ -73,6 +78,8 @@ def build_conditioning(
     lengths); caption_masks likewise without the last axis.
     special_tokens: needed when positive_tags or negative_tokens ask for any (the official run scripts
     use HQ and DURATION; pass positive_tags=() for none).
+    negative_captions / negative_masks: a negative prompt's T5 output, shaped like one caption; it
+    replaces the null rows of the generated chunks (the negative tags, if asked for, go in front of it).
     """
     if generated_chunks <= 0:
         raise ValueError(f"generated_chunks must be positive, got {generated_chunks}")
@@ -92,6 +99,16 @@ def build_conditioning(
     # The mask stays the first 50 positions even with negative tags in front (official behaviour).
     null_masks = torch.zeros(total, lc, dtype=torch.float32, device=null.device)
     null_masks[:, :null_token_length] = 1
+    if negative_captions is not None:
+        if negative_masks is None:
+            raise ValueError("negative_captions needs negative_masks")
+        rows, row_masks = _per_chunk(negative_captions.to(null.device), negative_masks.to(null.device), 1)
+        if negative_tokens:
+            for tag in NEGATIVE_ORDER:
+                rows = prepend_token(rows, special_tokens[tag].to(null.device))
+                row_masks = prepend_mask_one(row_masks)
+        null_rows = torch.cat([null_rows[:prefix_chunks], rows.expand(generated_chunks, lc, ct)])
+        null_masks = torch.cat([null_masks[:prefix_chunks], row_masks.expand(generated_chunks, lc)])
 
     rows, masks = _per_chunk(captions.to(null.device), caption_masks.to(null.device), generated_chunks)
     if not bool(masks.any()):

@@ -80,11 +80,12 @@ def blend_nearly_clean(with_context: torch.Tensor, alone: torch.Tensor, weight: 
 # ---------------------------------------------------------------------------------------------- passes
 @dataclass
 class WindowCall:
-    """The model inputs of one forward step (official `forward_velocity` after padding).
+    """The model inputs of one forward step (official `forward_velocity` after padding), for B videos.
 
-    x: (1, C, R*cw, h, w) float32 over the call chunks (the extra clean chunk first, if any);
-    t: (1, R); y: (2, R, Lc, Ct) and masks: (2, R, Lc), row 0 conditional, row 1 null;
-    kv_range: (R, 2) int32 token spans; slice_point: first call chunk, chunks before it are cached.
+    x: (B, C, R*cw, h, w) float32 over the call chunks (the extra clean chunk first, if any);
+    t: (B, R); y: (2, B, R, Lc, Ct) and masks: (2, B, R, Lc), row 0 conditional, row 1 null;
+    kv_range: (R, 2) int32 token spans of one video in [cached | call] coordinates (`model_kv_range`
+    repeats them for every video); slice_point: first call chunk, chunks before it are cached.
     """
 
     x: torch.Tensor
@@ -100,13 +101,35 @@ class WindowCall:
     nearly_clean: bool = False  # official distill_nearly_clean_chunk
     step_size: float | None = None  # distilled models only
 
+    def __post_init__(self) -> None:
+        if self.y.dim() == 4:  # one video's rows, (2, R, Lc, Ct): the batch of one
+            self.y, self.masks = self.y[:, None], self.masks[:, None]
+
     @property
     def chunks(self) -> int:
         return self.t.shape[1]
 
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
     def rows(self, which: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Caption rows (R, 1, Lc, Ct) and masks (R, 1, Lc) of row 0 (conditional) or 1 (null)."""
-        return self.y[which][:, None], self.masks[which][:, None]
+        """Caption rows (B*R, 1, Lc, Ct) and masks (B*R, 1, Lc) of row 0 (conditional) or 1 (null)."""
+        y, masks = self.y[which], self.masks[which]  # (B, R, Lc, Ct), (B, R, Lc)
+        return y.reshape(-1, 1, *y.shape[-2:]), masks.reshape(-1, 1, masks.shape[-1])
+
+    def model_kv_range(self, kv_range: torch.Tensor | None = None) -> torch.Tensor:
+        """(B*R, 2): the spans of every video, video b's keys after the b earlier videos' keys."""
+        spans = self.kv_range if kv_range is None else kv_range
+        return batched_spans(spans, self.batch, (self.slice_point + spans.shape[0]) * self.tokens_per_chunk)
+
+
+def batched_spans(spans: torch.Tensor, batch: int, keys_per_video: int) -> torch.Tensor:
+    """(R, 2) key spans of one video -> (batch*R, 2) for the DiT's batch-major keys of `batch` videos."""
+    if batch == 1:
+        return spans
+    offsets = torch.arange(batch, dtype=spans.dtype, device=spans.device) * keys_per_video
+    return (spans[None] + offsets[:, None, None]).reshape(-1, 2)
 
 
 def self_only_ranges(batch: int, tokens_per_chunk: int, device: torch.device, first_token: int = 0):
@@ -126,22 +149,25 @@ def three_pass_velocity(model: Any, call: WindowCall, cache: Any, runtime_config
     """
     common = dict(kv_cache=cache, slice_point=call.slice_point, read_cache=call.read_cache,
                   skip_last_chunk_write=call.nearly_clean, step_size=call.step_size)
+    kv_range = call.model_kv_range()
     y_cond, m_cond = call.rows(0)
-    cond_full = model(call.x, call.t, y_cond, m_cond, call.kv_range, null_adaln=False, write_cache=False, **common)
+    cond_full = model(call.x, call.t, y_cond, m_cond, kv_range, null_adaln=False, write_cache=False, **common)
     y_null, m_null = call.rows(1)
     # This pass writes the cache: the cached keys/values are those seen without the text.
-    cond_pre = model(call.x, call.t, y_null, m_null, call.kv_range, null_adaln=True, write_cache=True, **common)
+    cond_pre = model(call.x, call.t, y_null, m_null, kv_range, null_adaln=True, write_cache=True, **common)
 
     # Unconditional: each window chunk alone as its own batch element, no cache, the extra chunk dropped.
-    n, cw = call.chunks - int(call.extra_clean_chunk), call.chunk_width
+    b, n, cw = call.batch, call.chunks - int(call.extra_clean_chunk), call.chunk_width
     width = n * cw
     x = call.x[:, :, -width:]
     c, h, w = x.shape[1], x.shape[3], x.shape[4]
-    x_alone = x.reshape(c, n, cw, h, w).transpose(0, 1)  # (n, C, cw, h, w)
-    t_alone = call.t[:, -n:].reshape(n, 1)
-    out = model(x_alone, t_alone, y_null[-n:], m_null[-n:], self_only_ranges(n, call.tokens_per_chunk, x.device),
+    x_alone = x.reshape(b, c, n, cw, h, w).transpose(1, 2).reshape(b * n, c, cw, h, w)  # (B*n, C, cw, h, w)
+    t_alone = call.t[:, -n:].reshape(b * n, 1)
+    y_alone = call.y[1][:, -n:].reshape(b * n, 1, *call.y.shape[-2:])  # null rows of the last n chunks
+    m_alone = call.masks[1][:, -n:].reshape(b * n, 1, call.masks.shape[-1])
+    out = model(x_alone, t_alone, y_alone, m_alone, self_only_ranges(b * n, call.tokens_per_chunk, x.device),
                 null_adaln=True, kv_cache=None, slice_point=0, step_size=call.step_size)
-    uncond = out.transpose(0, 1).reshape(1, c, width, h, w)
+    uncond = out.reshape(b, n, c, cw, h, w).transpose(1, 2).reshape(b, c, width, h, w)
 
     return combine_guidance(
         cond_full[:, :, -width:], cond_pre[:, :, -width:], uncond, call.t[0, -n:], cw,
@@ -152,9 +178,9 @@ def three_pass_velocity(model: Any, call: WindowCall, cache: Any, runtime_config
 def distilled_velocity(
     model: Any, call: WindowCall, cache: Any, prev_chunks_scale: float = DEFAULT_PREV_CHUNKS_SCALE
 ) -> torch.Tensor:
-    """Velocity (1, C, n*cw, h, w) of the n window chunks from one conditional pass that writes the cache."""
+    """Velocity (B, C, n*cw, h, w) of the n window chunks from one conditional pass that writes the cache."""
     x, t, kv_range = call.x, call.t, call.kv_range
-    y, m = call.rows(0)
+    y, m = call.y[0], call.masks[0]  # (B, R, Lc, Ct), (B, R, Lc)
     cw = call.chunk_width
     n = call.chunks - int(call.extra_clean_chunk)
     oldest = int(call.extra_clean_chunk)  # index of the oldest window chunk in the call
@@ -163,10 +189,12 @@ def distilled_velocity(
         frames = slice(oldest * cw, (oldest + 1) * cw)
         x = torch.cat([x, x[:, :, frames]], dim=2)
         t = torch.cat([t, t[:, oldest : oldest + 1]], dim=1)
-        y = torch.cat([y, y[oldest : oldest + 1]], dim=0)
-        m = torch.cat([m, m[oldest : oldest + 1]], dim=0)
+        y = torch.cat([y, y[:, oldest : oldest + 1]], dim=1)
+        m = torch.cat([m, m[:, oldest : oldest + 1]], dim=1)
         alone = self_only_ranges(1, call.tokens_per_chunk, x.device, first_token=int(kv_range.max()))
         kv_range = torch.cat([kv_range, alone], dim=0)
+    y, m = y.reshape(-1, 1, *y.shape[-2:]), m.reshape(-1, 1, m.shape[-1])
+    kv_range = call.model_kv_range(kv_range)
     out = model(x, t, y, m, kv_range, null_adaln=False, kv_cache=cache, slice_point=call.slice_point,
                 read_cache=call.read_cache, write_cache=True, skip_last_chunk_write=call.nearly_clean,
                 step_size=call.step_size)

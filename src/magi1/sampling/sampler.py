@@ -23,10 +23,17 @@ import torch
 
 from ..runtime import cpu_generator
 from .chunk_plan import ForwardStep, plan_forward_steps, prefix_spans
-from .guidance import DEFAULT_PREV_CHUNKS_SCALE, WindowCall, distilled_velocity, is_nearly_clean, three_pass_velocity
+from .guidance import (
+    DEFAULT_PREV_CHUNKS_SCALE,
+    WindowCall,
+    batched_spans,
+    distilled_velocity,
+    is_nearly_clean,
+    three_pass_velocity,
+)
 from .schedule import distill_step_size, step_intervals, time_grid
 
-StepCallback = Callable[[ForwardStep, torch.Tensor], None]
+StepCallback = Callable[[ForwardStep, torch.Tensor], "torch.Tensor | None"]
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -87,6 +94,20 @@ def _kv_range(spans: list[tuple[int, int]], device: torch.device) -> torch.Tenso
     return torch.tensor(spans, dtype=torch.int32, device=device).reshape(-1, 2)
 
 
+def as_batched_conditioning(y: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (2, n, Lc, Ct) of one video or (2, B, n, Lc, Ct) of B -> (2, B, n, Lc, Ct); masks likewise."""
+    if y.dim() == 4:
+        return y[:, None], masks[:, None]
+    if y.dim() != 5 or masks.dim() != 4:
+        raise ValueError(f"y must be (2, n, Lc, Ct) or (2, B, n, Lc, Ct), got {tuple(y.shape)}")
+    return y, masks
+
+
+def _rows(y: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R, Lc, Ct) and (B, R, Lc) -> the DiT's chunk rows (B*R, 1, Lc, Ct) and (B*R, 1, Lc), row b*R + r."""
+    return y.reshape(-1, 1, *y.shape[-2:]), masks.reshape(-1, 1, masks.shape[-1])
+
+
 def _velocity(model, call: WindowCall, cache, config, prev_chunks_scale: float) -> torch.Tensor:
     if config.runtime_config.cfg_number == 3:
         return three_pass_velocity(model, call, cache, config.runtime_config)
@@ -105,17 +126,20 @@ def cache_prefix(model, config, prefix: torch.Tensor, y: torch.Tensor, masks: to
     """
     r = config.runtime_config
     cw = r.chunk_width
+    y, masks = as_batched_conditioning(y, masks)
     offset = prefix.shape[2] // cw
     x = prefix[:, :, : offset * cw].to(torch.bfloat16)
-    t = torch.full((1, offset), r.clean_t, dtype=torch.float32, device=x.device)
+    batch = x.shape[0]
+    t = torch.full((batch, offset), r.clean_t, dtype=torch.float32, device=x.device)
     spans = [(s * tokens_per_chunk, e * tokens_per_chunk)
              for s, e in prefix_spans(offset, r.noise2clean_kvrange, r.clean_chunk_kvrange)]
-    model(x, t, y[1, :offset, None], masks[1, :offset, None], _kv_range(spans, x.device),
+    kv_range = batched_spans(_kv_range(spans, x.device), batch, offset * tokens_per_chunk)
+    model(x, t, *_rows(y[1, :, :offset], masks[1, :, :offset]), kv_range,
           null_adaln=r.cfg_number == 3, kv_cache=cache, slice_point=0, read_cache=True, write_cache=True,
           step_size=step_size)
 
 
-def replay_clean_chunks(model, config, plan: Sequence[ForwardStep], latent: torch.Tensor, prefix, y, masks,
+def replay_clean_chunks(model, config, plan: Sequence[ForwardStep], latent: torch.Tensor, prefix, clean_rows,
                         cache, tokens_per_chunk: int, step_size: Callable[[int], float | None]) -> None:
     """Rebuild the cache rows that the steps in `plan` wrote and later steps read.
 
@@ -126,23 +150,37 @@ def replay_clean_chunks(model, config, plan: Sequence[ForwardStep], latent: torc
     """
     r = config.runtime_config
     cw = r.chunk_width
-    clean_t = torch.full((1, 1), r.clean_t, dtype=torch.float32, device=latent.device)
+    batch = latent.shape[0]
+    clean_t = torch.full((batch, 1), r.clean_t, dtype=torch.float32, device=latent.device)
+    clean_y, clean_mask = clean_rows  # (B, Lc, Ct), (B, Lc): the null row and mask the window call used
     for step in plan:
         if not step.extra_clean_chunk:
             continue
         chunk = step.slice_point
         x = _pad_prefix(latent[:, :, chunk * cw : (chunk + 1) * cw], prefix, chunk * cw)
-        span = _kv_range(step.key_ranges(tokens_per_chunk)[:1], latent.device)
-        # y (1, 1, Lc, Ct) and mask (1, 1, Lc): the null row and null mask, as the window call used.
-        model(x, clean_t, y[1:2, 0:1], masks[1:2, 1:2], span,
+        span = batched_spans(_kv_range(step.key_ranges(tokens_per_chunk)[:1], latent.device), batch,
+                             (chunk + 1) * tokens_per_chunk)
+        model(x, clean_t, clean_y[:, None, None], clean_mask[:, None, None], span,
               null_adaln=r.cfg_number == 3, kv_cache=cache, slice_point=chunk, read_cache=True, write_cache=True,
               step_size=step_size(step.substep))
 
 
-def _new_cache(model, tokens: int):
-    from ..models.kv_cache import KVCache  # imported late: the sampler itself needs no model code
+def _new_cache(model, tokens: int, batch: int = 1):
+    from ..models.kv_cache import KVCache, KVCacheBatch  # imported late: the sampler itself needs no model code
 
-    return KVCache(tokens, num_layers=getattr(model.config, "num_layers", None))
+    layers = getattr(model.config, "num_layers", None)
+    if batch == 1:
+        return KVCache(tokens, num_layers=layers)
+    return KVCacheBatch([KVCache(tokens, num_layers=layers) for _ in range(batch)])
+
+
+def default_clean_rows(y: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caption row and mask a finished chunk is re-encoded with: the first null row, as official.
+
+    y (2, B, n, Lc, Ct), masks (2, B, n, Lc) -> (B, Lc, Ct), (B, Lc). (Null masks are the same for every
+    chunk; official code happens to take the second chunk's.)
+    """
+    return y[1, :, 0], masks[1, :, min(1, masks.shape[2] - 1)]
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -161,27 +199,42 @@ def sample_chunks(
     progress: bool = True,
     callback: StepCallback | None = None,
     resume_from: tuple[int, torch.Tensor] | None = None,
+    clean_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the clean latents (1, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
+    """Yield the clean latents (B, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
 
-    y, masks: from build_conditioning, (2, n_chunks, Lc, Ct) and (2, n_chunks, Lc).
-    noise: the whole initial latent video (1, 16, n_chunks*cw, h, w); default: drawn on the CPU from
+    B videos are denoised together (B = 1 for the official single-video case): every DiT call carries all
+    of them as its batch, each with its own conditioning rows, noise and KV cache, so each video equals its
+    own single run. Memory: activations and KV cache grow B-fold, the weights are shared.
+    y, masks: from build_conditioning, (2, n_chunks, Lc, Ct) and (2, n_chunks, Lc) for one video, or
+      (2, B, n_chunks, Lc, Ct) and (2, B, n_chunks, Lc) for B videos (their rows stacked on dim 1).
+    noise: the whole initial latent video (B, 16, n_chunks*cw, h, w); default: drawn on the CPU from
       `seed` (default runtime_config.seed) at the config's video size.
-    prefix_latent: (1, 16, Tp, h, w) VAE latent (bf16 as official): 1 frame for i2v, Tp frames for v2v,
-      or resume_prefix(...) to continue an interrupted run.
-    kv_cache: a KVCache to use (e.g. one that offloads); default: a fresh one on the latents' device.
+    prefix_latent: (1 or B, 16, Tp, h, w) VAE latent (bf16 as official): 1 frame for i2v, Tp frames for
+      v2v, or resume_prefix(...) to continue an interrupted run.
+    kv_cache: a KVCache to use (e.g. one that offloads; a KVCacheBatch of B for B videos); default: fresh
+      ones on the latents' device.
     release_cache: drop cache rows no later step reads, so memory stays flat on long videos.
-    callback(step, latent): after every Euler update, with the whole latent video (do not modify it).
+    callback(step, latent): after every Euler update, with the whole latent video (B, 16, T, h, w). It may
+      return a tensor of that shape, which replaces the latent video from then on (e.g. edited latents).
     resume_from: (first step to run, the latent video after the step before it), saved from the callback
       after a step whose `finished_chunk` was set; chunks finished before it are not yielded again.
+    clean_rows: the caption row and mask (B, Lc, Ct), (B, Lc) that finished chunks are re-encoded with
+      into the cache; default: the null row (see default_clean_rows). Passed when the null rows of y carry
+      something else (a negative prompt), so the cache still holds what the official code caches.
     """
     r, m = config.runtime_config, model.config
     cw, num_steps = r.chunk_width, r.num_steps
     device = y.device
-    n_chunks = y.shape[1]
+    y, masks = as_batched_conditioning(y, masks)
+    batch, n_chunks = y.shape[1], y.shape[2]
+    if clean_rows is None:
+        clean_rows = default_clean_rows(y, masks)
     if noise is None:
         h, w = r.video_size_h // 8, r.video_size_w // 8
-        noise = initial_noise((1, m.latent_channels, n_chunks * cw, h, w), r.seed if seed is None else seed)
+        noise = initial_noise((batch, m.latent_channels, n_chunks * cw, h, w), r.seed if seed is None else seed)
+    if noise.shape[0] != batch:
+        raise ValueError(f"noise holds {noise.shape[0]} videos, y describes {batch}")
     if noise.shape[2] != n_chunks * cw:
         raise ValueError(f"noise has {noise.shape[2]} frames, y describes {n_chunks} chunks of {cw}")
     start = 0
@@ -191,7 +244,7 @@ def sample_chunks(
             raise ValueError(f"resume state has shape {tuple(saved.shape)}, this run's latent video {tuple(noise.shape)}")
         noise = saved
     latent = noise.to(device=device, dtype=torch.float32).clone()
-    prefix = None if prefix_latent is None else prefix_latent.to(device)
+    prefix = None if prefix_latent is None else prefix_latent.to(device).expand(batch, -1, -1, -1, -1)
     prefix_frames = 0 if prefix is None else prefix.shape[2]
     offset = prefix_frames // cw
 
@@ -200,7 +253,7 @@ def sample_chunks(
     intervals = step_intervals(num_steps, config.engine_config.shortcut_mode)
     distill = bool(getattr(model, "distill", config.engine_config.distill))
     ctn = (cw // m.t_patch_size) * (latent.shape[3] // m.patch_size) * (latent.shape[4] // m.patch_size)
-    cache = kv_cache if kv_cache is not None else _new_cache(model, n_chunks * ctn)
+    cache = kv_cache if kv_cache is not None else _new_cache(model, n_chunks * ctn, batch)
     clean_t = torch.tensor([r.clean_t], dtype=torch.float32, device=device)
     nearly_clean_threshold = config.engine_config.distill_nearly_clean_chunk_threshold
 
@@ -213,7 +266,7 @@ def sample_chunks(
         if offset:
             cache_prefix(model, config, prefix, y, masks, cache, ctn, step_size(0))
         if start:
-            replay_clean_chunks(model, config, plan[:start], latent, prefix, y, masks, cache, ctn, step_size)
+            replay_clean_chunks(model, config, plan[:start], latent, prefix, clean_rows, cache, ctn, step_size)
             if release_cache and hasattr(cache, "release_before"):
                 cache.release_before(plan[start - 1].keep_from * ctn)
 
@@ -223,12 +276,13 @@ def sample_chunks(
         for step in plan[start:]:
             first, end = step.slice_point, step.chunk_end
             t = grid[list(step.chunk_steps)][None]
-            call_y, call_masks = y[:, step.chunk_start : end], masks[:, step.chunk_start : end]
+            call_y, call_masks = y[:, :, step.chunk_start : end], masks[:, :, step.chunk_start : end]
             if step.extra_clean_chunk:
                 # The finished chunk is re-encoded with the null row (and null mask) in both rows.
                 t = torch.cat([clean_t[None], t], dim=1)
-                call_y = torch.cat([y[1:2, 0:1].expand(2, 1, -1, -1), call_y], dim=1)
-                call_masks = torch.cat([masks[1:2, 1:2].expand(2, 1, -1), call_masks], dim=1)
+                call_y = torch.cat([clean_rows[0][None, :, None].expand(2, -1, -1, -1, -1), call_y], dim=2)
+                call_masks = torch.cat([clean_rows[1][None, :, None].expand(2, -1, -1, -1), call_masks], dim=2)
+            t = t.expand(batch, -1)
             x = _pad_prefix(latent[:, :, first * cw : end * cw], prefix, first * cw)
             call = WindowCall(
                 x=x, t=t, y=call_y, masks=call_masks, kv_range=_kv_range(step.key_ranges(ctn), device),
@@ -248,7 +302,12 @@ def sample_chunks(
             if release_cache and hasattr(cache, "release_before"):
                 cache.release_before(step.keep_from * ctn)
             if callback is not None:
-                callback(step, latent)
+                edited = callback(step, latent)
+                if edited is not None and edited is not latent:
+                    if tuple(edited.shape) != tuple(latent.shape):
+                        raise ValueError(f"the callback returned latents {tuple(edited.shape)}, "
+                                         f"expected {tuple(latent.shape)}")
+                    latent.copy_(edited)
             bar.update(1)
             if step.finished_chunk is not None:
                 start, stop = emitted_frames(step.finished_chunk, cw, prefix_frames)
