@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import MagiConfig
+from .diffusers_api import DiffusersConventions
 from .errors import InputError, MissingWeightsError
 from .runtime import cpu_generator, parse_dtype, pick_device
 
@@ -153,7 +154,7 @@ class GenerationCancelled(Exception):
     """Raised out of `stream()` when `should_stop()` turned true between two denoising steps."""
 
 
-class MagiPipeline:
+class MagiPipeline(DiffusersConventions):
     def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device, special_tokens=None,
                  parallel=None):
         self.config = config
@@ -225,7 +226,9 @@ class MagiPipeline:
             text_encoder = T5TextEncoder(config.resolve_path(r.t5_pretrained), device=text_device,
                                          max_length=config.model_config.caption_max_length)
         special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
-        return cls(config, dit, vae, text_encoder, device=device, special_tokens=special, parallel=parallel)
+        pipe = cls(config, dit, vae, text_encoder, device=device, special_tokens=special, parallel=parallel)
+        pipe.variant, pipe.special_tokens_path = variant, special_tokens_path
+        return pipe
 
     @property
     def dit_device(self) -> torch.device:

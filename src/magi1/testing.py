@@ -71,15 +71,9 @@ def tiny_vae_ddconfig(video_size: int = 32) -> dict:
 
 def write_vae_folder(vae, folder: str | Path) -> Path:
     """Save a ViTVAE in the official pretrained-folder layout."""
-    from safetensors.torch import save_file
+    from .checkpoint.writer import save_vae_folder
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "ViTVAE", "ddconfig": vae.config.to_ddconfig(), "model_type": "vit"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tensors = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
-    save_file(tensors, str(folder / "diffusion_pytorch_model.safetensors"))
-    return folder
+    return save_vae_folder(vae, folder)
 
 
 def random_dit_state(model_config, *, distill: bool = False, seed: int = 0, std: float = 0.02) -> dict:

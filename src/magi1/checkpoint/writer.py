@@ -130,3 +130,16 @@ def save_official(
         index_path.write_text(json.dumps(index, indent=2) + "\n")
         written.append(index_path)
     return written
+
+
+VAE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def save_vae_folder(vae, folder: str | Path) -> Path:
+    """Save a ViTVAE in the official pretrained-folder layout (config.json + diffusion_pytorch_model.safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "ViTVAE", "ddconfig": vae.config.to_ddconfig(), "model_type": "vit"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _write_safetensors(_prepared(vae.state_dict()), folder / VAE_WEIGHTS_NAME)
+    return folder

@@ -1,0 +1,51 @@
+"""Helpers a diffusers user expects by name: `export_to_video`, and the frame conversions behind it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def video_to_uint8(video) -> np.ndarray:
+    """One video as uint8 (T, H, W, 3), from any frame form a pipeline returns or a user holds.
+
+    Accepted: numpy (T, H, W, 3) uint8 or float in [0, 1]; torch (T, 3, H, W) or (T, H, W, 3), float in
+    [0, 1] or uint8; a list of PIL images or of (H, W, 3) arrays.
+    """
+    if isinstance(video, (list, tuple)):  # PIL images or (H, W, 3) arrays
+        if not video:
+            raise ValueError("the video has no frames")
+        video = np.stack([np.asarray(frame) for frame in video])
+    if hasattr(video, "detach"):  # a torch tensor
+        tensor = video.detach().cpu()
+        if tensor.dim() == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
+            tensor = tensor.permute(0, 2, 3, 1)  # (T, 3, H, W) -> (T, H, W, 3)
+        video = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+    frames = np.asarray(video)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"a video must be (T, H, W, 3) frames (for a batch, pass one video: frames[0]); "
+                         f"got shape {frames.shape}")
+    if frames.dtype == np.uint8:
+        return frames
+    if np.issubdtype(frames.dtype, np.floating):
+        return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    raise ValueError(f"frames must be uint8 or float in [0, 1], got {frames.dtype}")
+
+
+def export_to_video(video_frames: Sequence | np.ndarray, output_video_path: str | Path | None = None,
+                    fps: int = 24) -> str:
+    """Write one video to an mp4 with PyAV (H.264, yuv420p) and return its path, as diffusers' helper does.
+
+    video_frames: one video in any form `video_to_uint8` takes, e.g. `pipe(...).frames[0]`.
+    output_video_path: default a new temporary .mp4 file.
+    """
+    from .io.video import write_video
+
+    if output_video_path is None:
+        with tempfile.NamedTemporaryFile(suffix=".mp4", delete=False) as handle:
+            output_video_path = handle.name
+    write_video(output_video_path, video_to_uint8(video_frames), fps=fps)
+    return str(output_video_path)
