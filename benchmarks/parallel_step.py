@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from common import machine_line, markdown_table, save_section
-from dit_step import CACHED, CHUNK_FRAMES, CHUNKS, LATENT, SPANS, build_inputs, fill_cache, medium_config
+from dit_step import CACHED, CHUNK_FRAMES, CHUNKS, LATENT, WINDOW_SPANS, build_inputs, fill_cache, medium_config
 
 HERE = Path(__file__).resolve()
 NOTE = ("Read with care: on a machine with few cores every extra process only takes threads from the others, and "
@@ -58,8 +58,8 @@ def run_rank(args) -> None:
                 p.normal_(0, 0.02)
     model.apply_precision(dtype)
     parallelize_dit(model, ctx)
-    cache = fill_cache(model, model_config, device)
-    x, t, y, mask, kv_range = build_inputs(model_config, device)
+    cache = fill_cache(model, model_config, LATENT, device)
+    x, t, y, mask, kv_range = build_inputs("window", model_config, LATENT, device)
 
     def step():
         with torch.inference_mode():
@@ -138,7 +138,7 @@ def main() -> None:
                             "max |out - 1 process|", "speed-up"], rows)
     tokens = CHUNKS * CHUNK_FRAMES * (LATENT // 2) ** 2
     body = (f"{machine_line()}\n\nMedium config ({medium_config(args.dtype).num_layers} layers, hidden 1024), "
-            f"{args.dtype}, one window step of {tokens} query tokens (key spans {SPANS} chunks, {CACHED} cached), "
+            f"{args.dtype}, one window step of {tokens} query tokens (key spans {WINDOW_SPANS} chunks, {CACHED} cached), "
             f"gloo on loopback, {args.repeat} timed repeats after a warm-up, timed on rank 0 between barriers.\n\n"
             f"{table}\n\n{NOTE}")
     print(body)

@@ -18,7 +18,7 @@ from magi1.config import ModelConfig
 from magi1.models import MagiDiT
 from magi1.models.dit_layers import ZeroCenteredLayerNorm, gated_post_norm_residual, per_chunk_gate
 from magi1.models.rope import apply_rotary, apply_rotary_
-from magi1.ops import half_math
+from magi1.ops import cpu_paths, half_math
 from magi1.ops.attention import RangeAttention, attend, even_step, strided_ranges
 
 torch.set_num_threads(1)
@@ -173,8 +173,8 @@ def test_half_math_modes():
         assert half_math.widen(x16) and not half_math.widen(x32)
     with half_math.half_math("native"):
         assert not half_math.widen(x16)
-    with half_math.half_math("auto"):  # on a CPU: widen exactly when torch has no oneDNN bf16 kernels
-        assert half_math.widen(x16) == (not half_math.cpu_has_fast_kernels(torch.bfloat16))
+    with half_math.half_math("auto"):  # on a CPU: widen exactly when the process decided bf16 GEMMs run via fp32
+        assert half_math.widen(x16) == (cpu_paths.half_path(torch.bfloat16).choice == "fp32")
     with pytest.raises(ValueError):
         with half_math.half_math("fast"):
             pass

@@ -266,19 +266,24 @@ class ParallelAttention(nn.Module):
         return out.reshape(b, s, self.heads * self.head_dim)
 
     def project(self, core: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        """Interleave [self | cross] in 8 head slices and project: fp32 output (compute dtype for FP8)."""
+        """Interleave [self | cross] in 8 head slices and project: fp32 output (compute dtype for FP8).
+
+        A plain nn.Linear runs as the official float32 island (`half_math.float32_linear_of`); any other
+        module there (FP8, or a wrapper such as a LoRA layer) is called as a module on compute-dtype input.
+        """
         b, s, width = core.shape
         groups = OUTPUT_INTERLEAVE_GROUPS
+        island = type(self.linear_proj) is nn.Linear
         # [self | cross] as (.., [8][2][d']): self slice g, cross slice g, self slice g+1, ... written straight
-        # into one buffer, already in float32 (the dtype of the GEMM below) unless the layer is FP8
-        both = torch.empty(b, s, groups, 2, width // groups, device=core.device,
-                           dtype=core.dtype if self.quantized else torch.float32)
+        # into one buffer, already in the dtype the float32 GEMM below takes its operands in
+        dtype = half_math.island_operand_dtype(core.dtype, core.device) if island else core.dtype
+        both = torch.empty(b, s, groups, 2, width // groups, device=core.device, dtype=dtype)
         both[:, :, :, 0] = core.reshape(b, s, groups, width // groups)
         both[:, :, :, 1] = cross.reshape(b, s, groups, width // groups)
         both = both.reshape(b, s, 2 * width)
-        if self.quantized:
+        if not island:
             return project_in_dtype(self.linear_proj, both)
-        return fp32_linear(both, self.linear_proj)
+        return half_math.float32_linear_of(both, self.linear_proj.weight)  # bf16 values when the weight is bf16
 
 
 class AdaModulateLayer(nn.Module):
