@@ -190,9 +190,9 @@ def run_dtype(systems: Systems, dtype_name: str, half_mode: str, repeat: int, si
             order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
             seconds = {name: timed(runs[name], device) for name in order}
             rounds.append((roof, seconds))
-        share, top = rest_share(runs["magi1"])
+        share, top, kinds = rest_share(runs["magi1"])
     result = {"dtype": dtype_name, "half": half_mode if dtype in HALF_DTYPES else "-", "rounds": rounds,
-              "rest": share, "rest_top": top, "outputs": outputs, "names": names}
+              "rest": share, "rest_top": top, "kinds": kinds, "outputs": outputs, "names": names}
     if side_by_side and dtype == torch.float32:
         official = next(v for k, v in outputs.items() if k != "magi1")
         result["transcription_error"] = relative_error(outputs["magi1"], official)
@@ -255,6 +255,11 @@ def main() -> None:
                 print(markdown_table(HEADERS, [row]).splitlines()[-1], flush=True)
             top = ", ".join(f"{k.replace('aten::', '')} {v:.1%}" for k, v in result["rest_top"][:4])
             notes.append(f"- {name} ({result['half']}): rest of the magi1 step {result['rest']:.1%} (largest: {top})")
+            last = result["rounds"][-1][0]
+            k = result["kinds"]
+            notes.append(f"- {name} magi1 profile: GEMM kernels {k['GEMM']:.2f} s (roofline {last.gemm_seconds:.2f} s), "
+                         f"attention kernels {k['attention']:.2f} s (roofline {last.attention_seconds:.2f} s), "
+                         f"rest {k['rest']:.2f} s")
             if "error_vs_fp32" in result:
                 norm, peak = result["error_vs_fp32"]
                 notes.append(f"- {name} magi1 output vs the float32 reference: {norm:.2e} relative (norm), "

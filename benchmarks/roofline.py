@@ -113,12 +113,14 @@ class Roofline:
     matmul_flops: float
     attention_flops: float
     rows: list  # [name, GFLOP, TFLOP/s, path, seconds] per op
+    gemm_seconds: float = 0.0
+    attention_seconds: float = 0.0
 
 
 def measure_roofline(c, gemms, attns, dtype: torch.dtype, device) -> Roofline:
     """Each op at the better of its native and via-float32 rate (half dtypes), measured now."""
     modes = ["native", "fp32"] if dtype in half_math.HALF_DTYPES else ["native"]
-    rows, total = [], 0.0
+    rows, total, gemm_total = [], 0.0, 0.0
     for op in gemms:
         if op.rows == 0:
             continue
@@ -126,6 +128,7 @@ def measure_roofline(c, gemms, attns, dtype: torch.dtype, device) -> Roofline:
         rows.append([f"GEMM {op.name} ({op.rows}x{op.inner}->{op.cols}) x{op.count}", op.flops / 1e9,
                      op.flops / best[0] / 1e12, best[1], best[0]])
         total += best[0]
+    gemm_total = total
     for op in attns:
         flops = op.flops(c.num_attention_heads, c.kv_channels)
         best = min((attention_seconds(op, c, dtype, device, m), m) for m in modes)
@@ -134,17 +137,25 @@ def measure_roofline(c, gemms, attns, dtype: torch.dtype, device) -> Roofline:
         total += best[0]
     matmul = sum(op.flops for op in gemms)
     attention = sum(op.flops(c.num_attention_heads, c.kv_channels) for op in attns)
-    return Roofline(total, matmul, attention, rows)
+    return Roofline(total, matmul, attention, rows, gemm_total, total - gemm_total)
 
 
-def rest_share(step) -> tuple[float, list[tuple[str, float]]]:
-    """Profile one call of `step`: (share of its op time outside GEMM / attention kernels, top other ops)."""
+ATTENTION_OPS = tuple(op for op in KERNEL_OPS if "attention" in op)
+
+
+def rest_share(step) -> tuple[float, list[tuple[str, float]], dict[str, float]]:
+    """Profile one call of `step`: (share of its op time outside GEMM / attention kernels, the largest other
+    ops with their shares, seconds in {"GEMM", "attention", "rest"})."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
+    kinds = {"GEMM": 0.0, "attention": 0.0, "rest": 0.0}
+    for e in events:
+        kind = "attention" if e.key in ATTENTION_OPS else "GEMM" if e.key in KERNEL_OPS else "rest"
+        kinds[kind] += e.self_cpu_time_total / 1e6
     rest = [(e.key, e.self_cpu_time_total / total) for e in events if e.key not in KERNEL_OPS]
     rest.sort(key=lambda kv: -kv[1])
-    return sum(share for _, share in rest), rest[:6]
+    return sum(share for _, share in rest), rest[:6], kinds

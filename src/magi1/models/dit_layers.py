@@ -321,8 +321,10 @@ class FeedForward(nn.Module):
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = (F.silu(gate.float()) * up.float()).to(h.dtype)
-        else:
+        elif torch.is_grad_enabled():
             h = F.gelu(h)
+        else:  # in place on the fresh fc1 output: the same values, one large allocation fewer per layer
+            h = torch.ops.aten.gelu_(h)
         return project_in_dtype(self.linear_fc2, h)
 
 
