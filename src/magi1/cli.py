@@ -56,6 +56,9 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the chunks already saved next to the output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .prompting.cli import add_generate_options
+
+    add_generate_options(p)
     p.set_defaults(func=run_generate)
 
 
@@ -144,6 +147,9 @@ def validate_generate_args(args):
 
     check_weights_present(config)
     parse_chunk_prompts(args.chunk_prompt)
+    from .prompting.cli import check_generate_enhance_args
+
+    check_generate_enhance_args(args)
     return mode, config
 
 
@@ -174,13 +180,20 @@ def run_generate(args) -> int:
 
 def _generate(args, mode, config, ctx, output_rank: bool) -> int:
     from .pipeline import MagiPipeline
+    from .prompting.cli import enhanced_run_prompts, wants_enhancement
 
-    pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
-                                        special_tokens_path=args.special_tokens, parallel=ctx)
     prompt = args.prompt or DEFAULT_PROMPT
     chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
     if chunk_prompts:
         chunk_prompts = {0: prompt, **chunk_prompts}
+    metadata = None
+    if wants_enhancement(args):  # before any weights load: a wrong endpoint fails in seconds
+        enhanced = enhanced_run_prompts(args, mode, config, prompt, chunk_prompts, ctx)
+        prompt, chunk_prompts, metadata = enhanced.prompt, enhanced.chunk_prompts, enhanced.video_metadata()
+        if output_rank:
+            print(enhanced.describe(), flush=True)
+    pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
+                                        special_tokens_path=args.special_tokens, parallel=ctx)
     report = pipe.generate_to_file(
         args.output_path,
         prompt=None if chunk_prompts else prompt,
@@ -190,6 +203,7 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
         keep_aspect=args.keep_aspect,
         resume=args.resume,
         progress=not args.quiet,
+        metadata=metadata,
     )
     if output_rank:
         print(report.summary())
@@ -263,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_make_tiny_parser(subparsers)
     from .download import add_download_parser
+    from .prompting.cli import add_enhance_parser
 
+    add_enhance_parser(subparsers)
     add_download_parser(subparsers)
     return parser
 

@@ -403,12 +403,13 @@ class MagiPipeline(DiffusersConventions):
         return MagiPipelineOutput(frames=frames, latents=latents)
 
     def generate_to_file(self, path: str | Path, *, progress: bool = True, resume: bool = False,
-                         **kwargs) -> GenerationReport:
+                         metadata: Mapping[str, str] | None = None, **kwargs) -> GenerationReport:
         """Stream chunks into an mp4, each encoded as soon as it is clean.
 
         The video is written as fragmented mp4 under a hidden partial name (watchable while it grows, kept if
         the run dies) and moved onto `path` when complete. After every finished chunk the run's state is saved
-        next to the output, so `resume=True` continues a killed run exactly where it stopped.
+        next to the output, so `resume=True` continues a killed run exactly where it stopped. `metadata`: the
+        mp4's container tags (e.g. the captions of an enhanced run).
         """
         from .io.video import VideoWriter
 
@@ -430,7 +431,8 @@ class MagiPipeline(DiffusersConventions):
         first = None
         frames_written = num_chunks = 0
         writer = VideoWriter(str(path), fps=self.fps, fragmented=True, keep_partial=True,
-                             options={"g": str(4 * self.config.runtime_config.chunk_width)})
+                             options={"g": str(4 * self.config.runtime_config.chunk_width)},
+                             metadata=dict(metadata or {}))
         with writer:
             for chunk in self.stream(progress=progress, resume_state=resume_state,
                                      on_state=lambda state: state.save(state_file), **kwargs):

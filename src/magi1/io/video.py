@@ -270,7 +270,8 @@ class VideoWriter:
     lookahead of a few dozen frames before bytes reach the file (options={"tune": "zerolatency"}
     removes it, at some cost in quality per bit).
     crf / preset / options go to the encoder; None keeps libx264's defaults (CRF 23, medium),
-    which is what the official pipeline uses.
+    which is what the official pipeline uses. metadata: container tags ({"description": ..., "comment": ...}),
+    written in the header, so a fragmented file carries them from its first byte.
     """
 
     def __init__(
@@ -286,8 +287,10 @@ class VideoWriter:
         container_format: str | None = None,
         fragmented: bool = False,
         keep_partial: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
+        self._metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.partial_path = partial_path_for(self.path)
         self.fps = _as_rate(fps)
         self.keep_partial = keep_partial
@@ -311,6 +314,7 @@ class VideoWriter:
             container = av.open(
                 str(self.partial_path), "w", format=self._format, options=self._container_options
             )
+            container.metadata.update(self._metadata)
             self._encoder = _StreamEncoder(container, self.fps, self._codec, self._pix_fmt, self._options)
         return self._encoder
 
