@@ -64,6 +64,36 @@ def combine_guidance(
     return (1 - s_p) * uncond + (s_p - s_t) * cond_pre + s_t * cond_full
 
 
+def override_scales(scales: Sequence[float], value: float | None, neutral: float) -> list[float]:
+    """A schedule with every guided bucket (scale != neutral) set to `value`; the neutral buckets stay.
+
+    The official schedules guide only the noisier buckets (t <= 0.3): text_scales [7.5, 7.5, 7.5, 0, 0],
+    prev_chunk_scales [1.5, 1.5, 1.5, 1, 1]. The neutral scale is 0 for text (the text plays no part) and
+    1 for previous chunks (no extra pull). A schedule with no guided bucket gets `value` everywhere.
+    """
+    if value is None:
+        return list(scales)
+    guided = [s != neutral for s in scales]
+    if not any(guided):
+        return [float(value)] * len(scales)
+    return [float(value) if g else float(s) for s, g in zip(scales, guided)]
+
+
+def guidance_overrides(runtime_config: Any, guidance_scale: float | None = None,
+                       prev_chunk_guidance_scale: float | None = None) -> dict[str, list[float]]:
+    """Config overrides ({"text_scales": ..., "prev_chunk_scales": ...}) for diffusers-style guidance knobs.
+
+    guidance_scale replaces the text scale of the guided buckets, prev_chunk_guidance_scale the
+    previous-chunk scale of its guided buckets (see override_scales); None leaves a schedule as it is.
+    """
+    out = {}
+    if guidance_scale is not None:
+        out["text_scales"] = override_scales(runtime_config.text_scales, guidance_scale, 0.0)
+    if prev_chunk_guidance_scale is not None:
+        out["prev_chunk_scales"] = override_scales(runtime_config.prev_chunk_scales, prev_chunk_guidance_scale, 1.0)
+    return out
+
+
 def is_nearly_clean(t_first: torch.Tensor, threshold: float) -> bool:
     """Official test on the oldest window chunk: python float of the float32 t against the threshold.
 
