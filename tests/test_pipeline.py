@@ -46,10 +46,15 @@ def test_stream_yields_each_chunk_with_frames(tiny_pipeline):
 
 
 def test_output_types(tiny_pipeline):
+    # A batch of videos, as in diffusers: frames[0] is the first video.
     pt = tiny_pipeline("a", num_frames=24, output_type="pt").frames
-    assert pt.shape == (24, 3, 32, 32) and 0 <= pt.min() and pt.max() <= 1
+    assert pt.shape == (1, 24, 3, 32, 32) and 0 <= pt.min() and pt.max() <= 1
     pil = tiny_pipeline("a", num_frames=24, output_type="pil").frames
-    assert len(pil) == 24 and pil[0].size == (32, 32)
+    assert len(pil) == 1 and len(pil[0]) == 24 and pil[0][0].size == (32, 32)
+    array = tiny_pipeline("a", num_frames=24, output_type="np").frames
+    assert array.shape == (1, 24, 32, 32, 3) and array.dtype == np.float32
+    chunk = next(tiny_pipeline.stream("a", num_frames=24))  # the stream keeps bytes, one video
+    assert np.array_equal((array[0] * 255).round().astype(np.uint8), chunk.frames)
     with pytest.raises(InputError, match="output_type"):
         tiny_pipeline("a", num_frames=24, output_type="gif")
 
@@ -94,7 +99,7 @@ def test_chunk_prompts_switch_the_caption_exactly_at_the_chosen_chunk(tiny_pipel
                               output_type="latent"))
     red, _ = tiny_pipeline.text_encoder.encode("a red ball")
     blue, _ = tiny_pipeline.text_encoder.encode("a blue square falls")
-    y = seen["y"][0]  # the conditional rows, one per chunk: (4, Lc, C)
+    y = seen["y"][0, 0]  # the conditional rows of video 0, one per chunk: (4, Lc, C)
     assert torch.equal(y[0], red[0, 0]) and torch.equal(y[1], red[0, 0])
     assert torch.equal(y[2], blue[0, 0]) and torch.equal(y[3], blue[0, 0])
 

@@ -284,3 +284,13 @@ def test_a_batch_of_videos_equals_their_single_runs(distill):
     rest = torch.cat(list(sample_chunks(model, config, ys, masks, noise, prefix_latent=prefix, progress=False,
                                         resume_from=(step.index + 1, latent))), 2)
     torch.testing.assert_close(rest, batched[:, :, -rest.shape[2]:], atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_scales_override_exactly_the_guided_buckets():
+    from magi1.sampling.guidance import guidance_overrides, override_scales
+
+    official = RuntimeConfig()  # text [7.5, 7.5, 7.5, 0, 0], previous chunks [1.5, 1.5, 1.5, 1, 1]
+    assert guidance_overrides(official, 5.0, 2.0) == {"text_scales": [5.0, 5.0, 5.0, 0.0, 0.0],
+                                                      "prev_chunk_scales": [2.0, 2.0, 2.0, 1.0, 1.0]}
+    assert guidance_overrides(official) == {}
+    assert override_scales([0, 0, 0], 3.0, 0.0) == [3.0, 3.0, 3.0]  # nothing guided: every bucket

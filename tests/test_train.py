@@ -372,5 +372,5 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
     assert "[dit] step" in (tmp_path / "demo" / "training_log.txt").read_text()
     for name in ("demo.json", "demo_distill.json"):
         pipe = MagiPipeline.from_pretrained(str(tmp_path / "presets" / name), device="cpu")
-        frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames
+        frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]
         assert frames.shape == (24, 64, 64, 3)

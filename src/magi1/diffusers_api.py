@@ -19,12 +19,80 @@ logger = logging.getLogger(__name__)
 SAVED_MODEL_NAME = "model"  # ckpt/magi/<name>/ when the pipeline is not an official variant
 
 
+CALLBACK_TENSOR_INPUTS = ("latents",)
+
+
 class DiffusersConventions:
-    """Mixin for MagiPipeline (which provides config, dit, vae, text_encoder, device, special_tokens)."""
+    """Mixin for MagiPipeline (which provides config, dit, vae, text_encoder, device, special_tokens, stream_batch)."""
 
     variant: str | None = None  # the official variant the weights came from, if any
     special_tokens_path: str | None = None
     _preview = None
+    _interrupt = False
+    _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
+    _progress_bar_config: dict | None = None
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """As in diffusers: `pipe.set_progress_bar_config(disable=True)` silences the denoising bar."""
+        self._progress_bar_config = dict(kwargs)
+
+    def __call__(self, prompt: str | list[str] | None = None, *, negative_prompt: str | list[str] | None = None,
+                 num_videos_per_prompt: int = 1, guidance_scale: float | None = None,
+                 prev_chunk_guidance_scale: float | None = None, num_inference_steps: int | None = None,
+                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "np", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=CALLBACK_TENSOR_INPUTS,
+                 progress: bool | None = None, **magi_kwargs):
+        """Generate a batch of videos, diffusers style; returns MagiPipelineOutput (frames, latents).
+
+        prompt: one prompt or a list (each makes num_videos_per_prompt videos, denoised together).
+        negative_prompt: one for all or one per prompt; replaces the null caption of the unconditional
+            passes (a magi1 extension; default: the official null caption).
+        guidance_scale / prev_chunk_guidance_scale: override the text / previous-chunk scale of the config's
+            guided t buckets (None: the config's schedule). Base models only.
+        generator: one CPU generator (drawing every video's noise in turn) or one per video.
+        latents: the whole initial noise, (videos, 16, latent frames, h, w).
+        output_type: "np" float (B, T, H, W, 3) in [0, 1] | "pt" float (B, T, 3, H, W) | "pil" | "latent".
+        callback_on_step_end(pipe, step, t, callback_kwargs) -> callback_kwargs, after every forward step;
+            callback_kwargs holds the tensors named in callback_on_step_end_tensor_inputs ("latents": the
+            whole latent video, which the callback may change). `pipe._interrupt = True` stops after the step;
+            the chunks finished by then are returned.
+        magi_kwargs: image (i2v), video (v2v), chunk_prompts, seed, prompt_embeds, prompt_attention_mask,
+            prefix_latents, keep_aspect (see `stream`). docs/python-api.md has the details.
+        """
+        prompts, negatives = _expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
+        unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise InputError(f"callback_on_step_end_tensor_inputs may name {', '.join(self._callback_tensor_inputs)}; "
+                             f"got {', '.join(sorted(unknown))}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise InputError("callback_on_step_end must be a function (pipe, step, t, callback_kwargs) -> dict")
+        self._interrupt = False
+        names = tuple(callback_on_step_end_tensor_inputs or ())
+
+        def step_callback(step, t, latent):
+            if callback_on_step_end is None:
+                return None
+            given = {"latents": latent} if "latents" in names else {}
+            returned = callback_on_step_end(self, step.index, t, given) or {}
+            return returned.get("latents")
+
+        if progress is None:
+            progress = not (self._progress_bar_config or {}).get("disable", False)
+        chunks = list(self.stream_batch(
+            prompts, negative_prompt=negatives, guidance_scale=guidance_scale,
+            prev_chunk_guidance_scale=prev_chunk_guidance_scale, num_inference_steps=num_inference_steps,
+            num_frames=num_frames, height=height, width=width, generator=generator, latents=latents,
+            output_type=output_type, progress=progress, step_callback=step_callback,
+            interrupt=lambda: self._interrupt, **magi_kwargs))
+        output = _assemble(chunks, len(prompts), output_type)
+        return output if return_dict else (output.frames,)
 
     # ------------------------------------------------------------------ placement
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
@@ -143,3 +211,51 @@ def _is_dtype_name(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, list | None]:
+    """One prompt per video (each repeated num_videos_per_prompt times), and the matching negative prompts."""
+    if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
+        raise InputError(f"num_videos_per_prompt must be a whole number >= 1, got {per_prompt!r}")
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise InputError("the prompt list is empty")
+        bad = [p for p in prompt if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise InputError(f"every prompt of the list must be non-empty text, got {bad[0]!r}")
+        prompts = list(prompt)
+    else:
+        prompts = [prompt]
+    negatives = None
+    if negative_prompt is not None:
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise InputError(f"give one negative prompt, or one per prompt ({len(prompts)}), got {len(negatives)}")
+        if any(not isinstance(n, str) or not n.strip() for n in negatives):
+            raise InputError("a negative prompt must be non-empty text")
+        negatives = [n for n in negatives for _ in range(per_prompt)]
+    return [p for p in prompts for _ in range(per_prompt)], negatives
+
+
+def _assemble(chunks, batch: int, output_type: str):
+    """The chunks of a run -> MagiPipelineOutput with a batch of videos (`frames[0]` is the first video)."""
+    from .pipeline import MagiPipelineOutput
+
+    if chunks:
+        latents = torch.cat([c.latents for c in chunks], dim=2)  # (B, 16, T_lat, h, w)
+    else:
+        latents = torch.empty(batch, 16, 0, 0, 0)
+    if output_type == "latent":
+        return MagiPipelineOutput(frames=latents, latents=latents)
+    if chunks:
+        videos = np.stack([np.concatenate([c.frames[b] for c in chunks]) for b in range(batch)])  # (B, T, H, W, 3)
+    else:
+        videos = np.zeros((batch, 0, 0, 0, 3), np.uint8)
+    if output_type == "pil":
+        from PIL import Image
+
+        return MagiPipelineOutput(frames=[[Image.fromarray(f) for f in video] for video in videos], latents=latents)
+    unit = torch.from_numpy(videos).float() / 255.0  # exact: uint8 / 255 rounds back to the same bytes
+    if output_type == "pt":
+        return MagiPipelineOutput(frames=unit.permute(0, 1, 4, 2, 3).contiguous(), latents=latents)
+    return MagiPipelineOutput(frames=unit.numpy(), latents=latents)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,21 @@ class ChunkOutput:
 
 
 @dataclass
+class BatchChunkOutput:
+    """One generated chunk of every video of a batch, emitted the moment it is clean."""
+
+    index: int
+    num_chunks: int
+    latents: torch.Tensor                 # (B, 16, t, h, w) float32
+    frames: list[np.ndarray] | None       # B arrays (4t, H, W, 3) uint8; None for output_type="latent"
+
+
+@dataclass
 class MagiPipelineOutput:
-    frames: object                  # np (T,H,W,3) uint8 | torch (T,3,H,W) float in [0,1] | list[PIL] | latents
-    latents: torch.Tensor           # (1, 16, T_lat, h, w) float32, all generated chunks
+    """What `pipe(...)` returns: a batch of videos, as diffusers pipelines do (`frames[0]` is the first video)."""
+
+    frames: object                  # np (B,T,H,W,3) float32 in [0,1] | torch (B,T,3,H,W) | B lists of PIL | latents
+    latents: torch.Tensor           # (B, 16, T_lat, h, w) float32, every generated chunk
 
 
 @dataclass
@@ -240,10 +253,23 @@ class MagiPipeline(DiffusersConventions):
 
     # ------------------------------------------------------------------ inputs
     def settings_for(self, *, height=None, width=None, num_frames=None, num_inference_steps=None,
-                     seed=None) -> tuple[MagiConfig, RunSettings]:
-        """A per-call config with the overrides applied and validated (sizes, step divisibility)."""
+                     seed=None, guidance_scale=None, prev_chunk_guidance_scale=None) -> tuple[MagiConfig, RunSettings]:
+        """A per-call config with the overrides applied and validated (sizes, step divisibility, guidance)."""
+        from .sampling.guidance import guidance_overrides
+
         overrides = {k: v for k, v in (("video_size_h", height), ("video_size_w", width), ("num_frames", num_frames),
                                        ("num_steps", num_inference_steps), ("seed", seed)) if v is not None}
+        if guidance_scale is not None or prev_chunk_guidance_scale is not None:
+            if self.config.runtime_config.cfg_number == 1:
+                raise InputError("this model is guidance-distilled (cfg_number 1): its guidance is trained in, so "
+                                 "guidance_scale and prev_chunk_guidance_scale do not apply")
+            for name, value in (("guidance_scale", guidance_scale),
+                                ("prev_chunk_guidance_scale", prev_chunk_guidance_scale)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not math.isfinite(value) or value < 0):
+                    raise InputError(f"{name} must be a number >= 0, got {value!r}")
+            overrides.update(guidance_overrides(self.config.runtime_config, guidance_scale,
+                                                prev_chunk_guidance_scale))
         config = self.config.replace(**overrides) if overrides else self.config
         r = config.runtime_config
         return config, RunSettings(r.video_size_h, r.video_size_w, r.num_frames, r.num_steps, r.seed)
@@ -293,34 +319,79 @@ class MagiPipeline(DiffusersConventions):
     # ------------------------------------------------------------------ the generator
     def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
                prompt_embeds: torch.Tensor | None = None, prompt_attention_mask: torch.Tensor | None = None,
-               image=None, video=None, prefix_latents: torch.Tensor | None = None,
+               negative_prompt: str | None = None, image=None, video=None, prefix_latents: torch.Tensor | None = None,
                num_frames: int | None = None, height: int | None = None,
                width: int | None = None, num_inference_steps: int | None = None, seed: int | None = None,
                generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+               guidance_scale: float | None = None, prev_chunk_guidance_scale: float | None = None,
                output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
                callback: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
                resume_state: "ResumeState | None" = None,
                on_state: Callable[["ResumeState"], None] | None = None) -> Iterator[ChunkOutput]:
-        """Yield each generated chunk as soon as it is clean (decoded unless output_type == "latent").
+        """Yield each generated chunk of one video as soon as it is clean (decoded unless output_type == "latent").
 
         `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
         the CPU from `generator` or from a generator seeded with `seed` (default: the config's seed).
         prefix_latents: an already-encoded scaled VAE latent instead of `image` / `video` (the official
         `prefix_video` tensor: 1 frame for i2v, Tp frames for v2v).
+        negative_prompt, guidance_scale, prev_chunk_guidance_scale: as in `__call__` (docs/python-api.md).
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
         """
+        if isinstance(prompt, (list, tuple)):
+            raise InputError("stream() makes one video; give several prompts to pipe(...) (a batch)")
+        for chunk in self.stream_batch(
+                [prompt], chunk_prompts=chunk_prompts, prompt_embeds=prompt_embeds,
+                prompt_attention_mask=prompt_attention_mask,
+                negative_prompt=None if negative_prompt is None else [negative_prompt], image=image, video=video,
+                prefix_latents=prefix_latents, num_frames=num_frames, height=height, width=width,
+                num_inference_steps=num_inference_steps, seed=seed,
+                generator=None if generator is None else [generator], latents=latents,
+                guidance_scale=guidance_scale, prev_chunk_guidance_scale=prev_chunk_guidance_scale,
+                output_type=output_type, keep_aspect=keep_aspect, progress=progress, callback=callback,
+                should_stop=should_stop, resume_state=resume_state, on_state=on_state):
+            frames = None if chunk.frames is None else chunk.frames[0]
+            yield ChunkOutput(index=chunk.index, num_chunks=chunk.num_chunks, latents=chunk.latents, frames=frames)
+
+    def stream_batch(self, prompts: Sequence[str | None], *, chunk_prompts=None, prompt_embeds=None,
+                     prompt_attention_mask=None, negative_prompt: Sequence[str] | None = None, image=None, video=None,
+                     prefix_latents=None, num_frames=None, height=None, width=None, num_inference_steps=None,
+                     seed=None, generator: Sequence[torch.Generator] | torch.Generator | None = None,
+                     latents: torch.Tensor | None = None, guidance_scale: float | None = None,
+                     prev_chunk_guidance_scale: float | None = None, output_type: str = "np",
+                     keep_aspect: bool = False, progress: bool = False, callback=None, should_stop=None,
+                     resume_state=None, on_state=None, step_callback=None,
+                     interrupt: Callable[[], bool] | None = None) -> Iterator[BatchChunkOutput]:
+        """Yield each generated chunk of B = len(prompts) videos, denoised together, as soon as it is clean.
+
+        Every DiT call carries all B videos (own caption rows, noise and KV cache each); chunk.latents is
+        (B, 16, t, h, w) and chunk.frames a list of B uint8 (4t, H, W, 3) arrays. Video b equals its single
+        run with the same noise. Noise: latents (B, ...) as given; generator a list (one per video) or one
+        generator drawing all B in turn; else video b is seeded `seed + b` (seed: the config's by default).
+        negative_prompt: one per prompt (or None). step_callback(step, t, latents) may return new latents.
+        interrupt(): asked before every step; when true the run ends quietly after the chunks finished so far
+        (should_stop() instead raises GenerationCancelled at once).
+        """
         from .parallel import is_output_rank, parallel_decode_chunk
         from .sampling.chunk_plan import plan_forward_steps
-        from .sampling.conditioning import DEFAULT_POSITIVE, build_conditioning
         from .sampling.sampler import chunk_counts, emitted_frames, sample_chunks
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if output_type != "latent" and self.vae is None:
             check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
+        batch = len(prompts)
+        if batch > 1 and self.parallel is not None:
+            raise InputError("batches of several videos run in one process; under torchrun give one prompt")
+        if negative_prompt is not None and len(negative_prompt) != batch:
+            raise InputError(f"give one negative prompt, or one per prompt ({batch}), got {len(negative_prompt)}")
         config, run = self.settings_for(height=height, width=width, num_frames=num_frames,
-                                        num_inference_steps=num_inference_steps, seed=seed)
+                                        num_inference_steps=num_inference_steps, seed=seed,
+                                        guidance_scale=guidance_scale,
+                                        prev_chunk_guidance_scale=prev_chunk_guidance_scale)
+        if negative_prompt is not None and config.runtime_config.cfg_number == 1:
+            raise InputError("this model is guidance-distilled (cfg_number 1): it has no unconditional pass for a "
+                             "negative prompt")
         r, m = config.runtime_config, config.model_config
         if prefix_latents is not None:
             if image is not None or video is not None:
@@ -334,35 +405,43 @@ class MagiPipeline(DiffusersConventions):
                                                   r.temporal_downsample_factor)
         num_generated = total_chunks - clean_chunks
 
-        captions, caption_masks = self._chunk_captions(prompt, chunk_prompts, prompt_embeds, prompt_attention_mask,
-                                                       num_generated)
-        null_caption = self.dit.y_embedder.null_caption_embedding.detach().float().cpu()
-        cond = build_conditioning(captions, caption_masks, null_caption, generated_chunks=num_generated,
-                                  prefix_chunks=clean_chunks, special_tokens=self.special_tokens,
-                                  positive_tags=DEFAULT_POSITIVE if self.special_tokens is not None else ())
+        y, y_masks, clean_rows = self._batch_conditioning(prompts, chunk_prompts, prompt_embeds,
+                                                          prompt_attention_mask, negative_prompt, num_generated,
+                                                          clean_chunks)
         device = self.dit_device
-        y, y_masks = cond.y.to(device), cond.masks.to(device)
+        y, y_masks, clean_rows = y.to(device), y_masks.to(device), tuple(t.to(device) for t in clean_rows)
         h, w = config.latent_size
-        shape = (1, m.latent_channels, total_chunks * r.chunk_width, h, w)
+        shape = (batch, m.latent_channels, total_chunks * r.chunk_width, h, w)
         noise = self._initial_noise(shape, latents, generator, run.seed)
         if prefix is not None:
             prefix = prefix.to(device)
 
-        total_steps = len(plan_forward_steps(total_chunks, r.window_size, r.num_steps, clean_chunks,
-                                             r.noise2clean_kvrange, r.clean_chunk_kvrange))
+        plan = plan_forward_steps(total_chunks, r.window_size, r.num_steps, clean_chunks, r.noise2clean_kvrange,
+                                  r.clean_chunk_kvrange)
         fingerprint = run_fingerprint(config, y, y_masks, noise, prefix)
         finished = 0
+        grid = None
 
-        def on_step(step, latent) -> None:
-            nonlocal finished
+        def on_step(step, latent):
+            nonlocal finished, grid
             if step.finished_chunk is not None:
                 finished += 1
                 if on_state is not None:
                     on_state(ResumeState(fingerprint, step.index + 1, finished, latent.detach().cpu().clone()))
+            edited = None
+            if step_callback is not None:
+                if grid is None:
+                    from .sampling.schedule import time_grid
+
+                    grid = time_grid(r.num_steps, config.engine_config.shortcut_mode)
+                edited = step_callback(step, grid[list(step.chunk_steps)], latent)
             if should_stop is not None and should_stop():
                 raise GenerationCancelled("generation was cancelled")
             if callback is not None:
-                callback({"type": "step", "step": step.index + 1, "total_steps": total_steps})
+                window = slice(step.chunk_start * r.chunk_width, step.chunk_end * r.chunk_width)
+                callback({"type": "step", "step": step.index + 1, "total_steps": len(plan),
+                          "preview": lambda: self.latents_to_preview(latent[:, :, window])})
+            return edited
 
         resume_from, replayed = None, []
         if resume_state is not None:
@@ -376,31 +455,15 @@ class MagiPipeline(DiffusersConventions):
                         for i in range(resume_state.finished_chunks)]
         chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix,
                                progress=progress and is_output_rank(self.parallel), callback=on_step,
-                               resume_from=resume_from)
+                               resume_from=resume_from, clean_rows=clean_rows, stop=interrupt)
         for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
-            if output_type != "latent":
-                frames = parallel_decode_chunk(self.vae, chunk_latents, self.parallel, fps=r.fps,
-                                               out_device="cpu").numpy()
+            if output_type != "latent":  # one video at a time: each decodes exactly as its single run does
+                frames = [parallel_decode_chunk(self.vae, chunk_latents[b : b + 1], self.parallel, fps=r.fps,
+                                                out_device="cpu").numpy() for b in range(batch)]
             if callback is not None:
                 callback({"type": "chunk", "index": index, "num_chunks": num_generated})
-            yield ChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
-
-    def __call__(self, prompt: str | None = None, *, output_type: str = "np", **kwargs) -> MagiPipelineOutput:
-        """Run to the end and return every frame (see `stream` for the arguments)."""
-        chunks = list(self.stream(prompt, output_type=output_type, **kwargs))
-        latents = torch.cat([c.latents for c in chunks], dim=2) if chunks else torch.empty(0)
-        if output_type == "latent":
-            return MagiPipelineOutput(frames=latents, latents=latents)
-        frames = np.concatenate([c.frames for c in chunks], axis=0)  # (T, H, W, 3) uint8
-        if output_type == "pt":
-            return MagiPipelineOutput(frames=torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
-                                      latents=latents)
-        if output_type == "pil":
-            from PIL import Image
-
-            return MagiPipelineOutput(frames=[Image.fromarray(f) for f in frames], latents=latents)
-        return MagiPipelineOutput(frames=frames, latents=latents)
+            yield BatchChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
 
     def generate_to_file(self, path: str | Path, *, progress: bool = True, resume: bool = False,
                          metadata: Mapping[str, str] | None = None, **kwargs) -> GenerationReport:
@@ -471,14 +534,51 @@ class MagiPipeline(DiffusersConventions):
         # (chunks, Lc, C) and (chunks, Lc): one caption row per generated chunk (scene changes).
         return (torch.stack([lookup[t][0] for t in per_chunk]), torch.stack([lookup[t][1] for t in per_chunk]))
 
+    def _batch_conditioning(self, prompts, chunk_prompts, prompt_embeds, prompt_attention_mask, negative_prompt,
+                            num_generated: int, clean_chunks: int):
+        """y (2, B, n, Lc, Ct), masks (2, B, n, Lc) and the clean re-encode rows for B videos."""
+        from .sampling.conditioning import DEFAULT_POSITIVE, build_conditioning
+        from .sampling.sampler import as_batched_conditioning, default_clean_rows
+
+        null_caption = self.dit.y_embedder.null_caption_embedding.detach().float().cpu()
+        common = dict(generated_chunks=num_generated, prefix_chunks=clean_chunks, special_tokens=self.special_tokens,
+                      positive_tags=DEFAULT_POSITIVE if self.special_tokens is not None else ())
+        negatives = [None] * len(prompts)
+        if negative_prompt is not None:
+            embeds, masks = self.encode_prompts(list(dict.fromkeys(negative_prompt)))
+            lookup = dict(zip(dict.fromkeys(negative_prompt), zip(embeds, masks)))
+            negatives = [lookup[text] for text in negative_prompt]
+        rows, plain = [], None
+        for prompt, negative in zip(prompts, negatives):
+            captions, caption_masks = self._chunk_captions(prompt, chunk_prompts, prompt_embeds,
+                                                           prompt_attention_mask, num_generated)
+            cond = build_conditioning(captions, caption_masks, null_caption, **common,
+                                      negative_captions=None if negative is None else negative[0],
+                                      negative_masks=None if negative is None else negative[1])
+            rows.append(cond)
+            if negative is not None and plain is None:  # the null rows the cache is built with, as official
+                plain = build_conditioning(captions, caption_masks, null_caption, **common)
+        y, masks = torch.stack([c.y for c in rows], dim=1), torch.stack([c.masks for c in rows], dim=1)
+        reference = as_batched_conditioning(plain.y, plain.masks) if plain is not None else (y, masks)
+        clean_y, clean_mask = default_clean_rows(*reference)
+        return y, masks, (clean_y.expand(len(prompts), -1, -1), clean_mask.expand(len(prompts), -1))
+
     @staticmethod
     def _initial_noise(shape, latents, generator, seed) -> torch.Tensor:
+        """(B, C, T, h, w) noise: given latents; one generator per video; one generator for all; or seed + b."""
+        batch, one = shape[0], (1, *shape[1:])
         if latents is not None:
             if tuple(latents.shape) != tuple(shape):
                 raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
             return latents.float().cpu()
-        gen = generator if generator is not None else cpu_generator(seed)
-        return torch.randn(shape, generator=gen, dtype=torch.float32)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")
+            return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
+        if generator is not None:
+            return torch.randn(shape, generator=generator, dtype=torch.float32)
+        return torch.cat([torch.randn(one, generator=cpu_generator(seed + b), dtype=torch.float32)
+                          for b in range(batch)])
 
 
 def chunk_prompt_schedule(prompt: str | None, chunk_prompts, num_chunks: int) -> list[str]:

@@ -64,6 +64,7 @@ def main_eval(argv: list[str]) -> int:
 def evaluate_physics(root: Path, args) -> dict:
     from ..pipeline import MagiPipeline
     from ..train.synthetic import PERSPECTIVES, write_physics_iq_eval_set
+    from ..utils import video_to_uint8
 
     pipe = MagiPipeline.from_pretrained(args.config_file, device=args.device)
     r = pipe.config.runtime_config
@@ -85,8 +86,9 @@ def evaluate_physics(root: Path, args) -> dict:
         write_lossless_video(folders["random motion"] / name, random_walk(last, testing_frames, rng), fps)
         for mode in args.modes:
             inputs = {"video": conditioning} if mode == "v2v" else {"image": last}
-            out = pipe(view["caption"], num_frames=testing_frames + 4 * r.chunk_width, seed=args.seed,
-                       num_inference_steps=args.steps, output_type="np", **inputs).frames
+            result = pipe(view["caption"], num_frames=testing_frames + 4 * r.chunk_width, seed=args.seed,
+                          num_inference_steps=args.steps, progress=False, **inputs)
+            out = video_to_uint8(result.frames[0])  # the first (only) video of the batch, as bytes
             # i2v output starts with the image's own latent frame (the image repeated over 4 pixel frames).
             frames = out[r.temporal_downsample_factor:] if mode == "i2v" else out
             write_lossless_video(folders[mode] / name, frames[:testing_frames], fps)

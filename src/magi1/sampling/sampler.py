@@ -200,6 +200,7 @@ def sample_chunks(
     callback: StepCallback | None = None,
     resume_from: tuple[int, torch.Tensor] | None = None,
     clean_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (B, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
 
@@ -222,6 +223,8 @@ def sample_chunks(
     clean_rows: the caption row and mask (B, Lc, Ct), (B, Lc) that finished chunks are re-encoded with
       into the cache; default: the null row (see default_clean_rows). Passed when the null rows of y carry
       something else (a negative prompt), so the cache still holds what the official code caches.
+    stop(): asked before every step; when true the generator ends there (after yielding everything the
+      steps before finished), e.g. diffusers' `pipe._interrupt`.
     """
     r, m = config.runtime_config, model.config
     cw, num_steps = r.chunk_width, r.num_steps
@@ -274,6 +277,8 @@ def sample_chunks(
     bar.update(start)
     try:
         for step in plan[start:]:
+            if stop is not None and stop():
+                return
             first, end = step.slice_point, step.chunk_end
             t = grid[list(step.chunk_steps)][None]
             call_y, call_masks = y[:, :, step.chunk_start : end], masks[:, :, step.chunk_start : end]
@@ -310,8 +315,8 @@ def sample_chunks(
                     latent.copy_(edited)
             bar.update(1)
             if step.finished_chunk is not None:
-                start, stop = emitted_frames(step.finished_chunk, cw, prefix_frames)
-                yield latent[:, :, start:stop].clone()
+                lo, hi = emitted_frames(step.finished_chunk, cw, prefix_frames)
+                yield latent[:, :, lo:hi].clone()
     finally:  # also when the consumer stops early
         bar.close()
 

@@ -500,8 +500,9 @@ def preview(preset: str | Path, prompt: str, png_path: str | Path, *, seed: int 
     from PIL import Image
 
     from ..pipeline import MagiPipeline
+    from ..utils import video_to_uint8
 
     pipe = MagiPipeline.from_pretrained(str(preset), device="cpu")
     out = pipe(prompt, seed=seed, num_frames=num_frames, image=image, video=video)
-    Image.fromarray(contact_sheet(out.frames)).save(png_path)
+    Image.fromarray(contact_sheet(video_to_uint8(out.frames[0]))).save(png_path)  # frames[0]: the first video
     return Path(png_path)
