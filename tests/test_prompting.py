@@ -276,3 +276,23 @@ def test_generate_enhance_without_a_model_uses_the_templates(tiny_model, tmp_pat
     assert main(["generate", "--config_file", str(tiny_model), "--story", "A ball.", "--prompt", "x",
                  "--output_path", str(out)]) == 2
     assert "replace --prompt" in capsys.readouterr().err
+
+
+def test_resume_reuses_the_captions_recorded_in_the_partial_file(tmp_path):
+    from argparse import Namespace
+
+    from magi1.io.video import VideoWriter
+    from magi1.prompting.cli import enhanced_run_prompts
+    from magi1.prompting.prompts import EnhancedPrompts
+
+    out = tmp_path / "run.mp4"
+    recorded = EnhancedPrompts.from_schedule({0: "A ball. " + SUFFIX, 3: "A cube. " + SUFFIX}, enhancer="some-model")
+    writer = VideoWriter(out, fps=24, fragmented=True, keep_partial=True, metadata=recorded.video_metadata())
+    writer.append(np.zeros((4, 16, 16, 3), np.uint8))
+    writer.abort()  # a killed run leaves its partial file, captions included
+    # The endpoint is unreachable: a resumed run must not need it.
+    args = Namespace(output_path=str(out), resume=True, story="A ball. A cube.", beat=[], enhance=True,
+                     enhance_url="http://127.0.0.1:9/v1", enhance_model="m", enhance_timeout=1.0,
+                     enhance_vision="auto", image_path=None, prefix_video_path=None)
+    again = enhanced_run_prompts(args, "t2v", None, "unused", None, None)
+    assert again.chunk_prompts == recorded.chunk_prompts and again.enhancer == "some-model"
