@@ -23,6 +23,10 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--enhance_vision", choices=VISION_CHOICES, default="auto",
                        help="send the i2v image / v2v frames to the model: auto (text path if it refuses them), "
                             "on, off (text-only models)")
+
+
+def add_story_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("story mode", "the model writes one caption per shot and picks the chunk each starts at")
     group.add_argument("--story", default=None,
                        help="a short story: the model splits it over the run's chunks (per-chunk prompts)")
     group.add_argument("--beat", action="append", default=[], metavar="TEXT",
@@ -33,6 +37,7 @@ def add_generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enhance", action="store_true",
                    help="rewrite --prompt (or --story / --beat) into MAGI-1 captions before the run")
     add_endpoint_options(p)
+    add_story_options(p)
 
 
 def settings_from_args(args) -> EnhanceSettings:
@@ -94,7 +99,6 @@ def _recorded_for_resume(args):
 
 def _enhance_run(args, mode: str, config, prompt: str, chunk_prompts: dict[int, str] | None):
     from .enhancer import PromptEnhancer
-    from .prompts import EnhancedPrompts
     from .run_shape import generated_chunk_count, seconds_per_chunk
 
     enhancer = PromptEnhancer(settings_from_args(args))
@@ -105,12 +109,7 @@ def _enhance_run(args, mode: str, config, prompt: str, chunk_prompts: dict[int, 
         num_chunks = generated_chunk_count(config, mode, inputs["video"])
         return enhancer.enhance_story(args.story, beats=args.beat or None, num_chunks=num_chunks,
                                       seconds_per_chunk=seconds_per_chunk(config), **inputs)
-    if not chunk_prompts:
-        return enhancer.enhance(prompt, **inputs)
-    # Each --chunk_prompt is enhanced on its own, like the prompt of chunk 0.
-    schedule = {chunk: enhancer.enhance(text, **inputs).prompt for chunk, text in chunk_prompts.items()}
-    original = "\n".join(f"{chunk}:{text}" for chunk, text in sorted(chunk_prompts.items()))
-    return EnhancedPrompts.from_schedule(schedule, original=original, enhancer=enhancer.name, mode=mode)
+    return enhancer.enhance_schedule(prompt, chunk_prompts, **inputs)
 
 
 # ----------------------------------------------------------------------------- magi1 enhance
@@ -130,6 +129,7 @@ def add_enhance_parser(subparsers) -> None:
     p.add_argument("--num_frames", type=int, default=None, help="the run's frame count, for story mode")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_endpoint_options(p)
+    add_story_options(p)
     p.set_defaults(func=run_enhance)
 
 

@@ -54,6 +54,16 @@ class PromptEnhancer:
                                              lambda pictures: self._two_part_caption(prompt, mode, pictures))
         return EnhancedPrompts(prompt=caption, original=prompt, enhancer=self.name, mode=mode)
 
+    def enhance_schedule(self, prompt: str, chunk_prompts: dict[int, str] | None = None, **inputs) -> EnhancedPrompts:
+        """`prompt` and each of `chunk_prompts` ({first chunk: prompt}) enhanced on its own (see `enhance`)."""
+        if not chunk_prompts:
+            return self.enhance(prompt, **inputs)
+        schedule = {0: prompt, **chunk_prompts}
+        enhanced = {chunk: self.enhance(text, **inputs).prompt for chunk, text in schedule.items()}
+        original = "\n".join(f"{chunk}:{text}" for chunk, text in sorted(schedule.items()))
+        return EnhancedPrompts.from_schedule(enhanced, original=original, enhancer=self.name,
+                                             mode=inputs.get("mode", "t2v"))
+
     def _two_part_caption(self, prompt: str, mode: str, pictures: list[dict] | None) -> str:
         vision = pictures is not None
         user = _user_content(instructions.request_text(prompt), pictures)
