@@ -375,6 +375,8 @@ class MagiPipeline(DiffusersConventions):
         from .parallel import is_output_rank, parallel_decode_chunk
         from .sampling.chunk_plan import plan_forward_steps
         from .sampling.sampler import chunk_counts, emitted_frames, sample_chunks
+        from .preview import window_clean_estimate
+        from .sampling.schedule import time_grid
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -420,27 +422,27 @@ class MagiPipeline(DiffusersConventions):
                                   r.clean_chunk_kvrange)
         fingerprint = run_fingerprint(config, y, y_masks, noise, prefix)
         finished = 0
-        grid = None
+        grid = time_grid(r.num_steps, config.engine_config.shortcut_mode)
+        before = noise  # the latent video before the current step (for the previews' clean estimate)
 
         def on_step(step, latent):
-            nonlocal finished, grid
+            nonlocal finished, before
             if step.finished_chunk is not None:
                 finished += 1
                 if on_state is not None:
                     on_state(ResumeState(fingerprint, step.index + 1, finished, latent.detach().cpu().clone()))
             edited = None
             if step_callback is not None:
-                if grid is None:
-                    from .sampling.schedule import time_grid
-
-                    grid = time_grid(r.num_steps, config.engine_config.shortcut_mode)
                 edited = step_callback(step, grid[list(step.chunk_steps)], latent)
             if should_stop is not None and should_stop():
                 raise GenerationCancelled("generation was cancelled")
             if callback is not None:
-                window = slice(step.chunk_start * r.chunk_width, step.chunk_end * r.chunk_width)
+                previous = before
                 callback({"type": "step", "step": step.index + 1, "total_steps": len(plan),
-                          "preview": lambda: self.latents_to_preview(latent[:, :, window])})
+                          "preview": lambda: self.latents_to_preview(
+                              window_clean_estimate(latent, previous, step, grid, r.chunk_width)),
+                          "chunk_frames": r.chunk_width})
+                before = (edited if edited is not None else latent).detach().cpu().clone()
             return edited
 
         resume_from, replayed = None, []

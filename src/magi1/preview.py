@@ -87,6 +87,24 @@ def cache_folder() -> Path:
     return Path(os.environ.get("MAGI1_CACHE", Path.home() / ".cache" / "magi1")).expanduser()
 
 
+def window_clean_estimate(latent: torch.Tensor, before: torch.Tensor, step, grid: torch.Tensor,
+                          chunk_width: int) -> torch.Tensor:
+    """The clean video the window's chunks head for after `step`: (B, C, window frames, h, w).
+
+    The step's velocity is recovered from the Euler update, v = (x_after - x_before) / dt, per chunk; the
+    estimate is x + (1 - t) v (sampling/schedule.py). A preview of it shows the coming video long before
+    the noisy latent itself does.
+    """
+    from .sampling.schedule import clean_estimate
+
+    window = slice(step.chunk_start * chunk_width, step.chunk_end * chunk_width)
+    after, prior = latent[:, :, window].float().cpu(), before[:, :, window].float().cpu()
+    k = torch.tensor(step.chunk_steps)
+    t_after = grid[k + 1].repeat_interleave(chunk_width).view(1, 1, -1, 1, 1)
+    dt = (grid[k + 1] - grid[k]).repeat_interleave(chunk_width).view(1, 1, -1, 1, 1)
+    return clean_estimate(after, (after - prior) / dt, t_after)
+
+
 # ---------------------------------------------------------------------------------------------- fitting
 CLIP_SETS = ("physics", "fields", "mixed")
 RIDGE = 1e-3  # per-sample ridge weight: keeps weak, noisy latent channels from getting large weights

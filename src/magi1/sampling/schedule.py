@@ -28,6 +28,11 @@ def velocity_target(noise: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     return data - noise
 
 
+def clean_estimate(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """The data the current velocity points at: x_t + (1 - t) * velocity (the path's end at t = 1)."""
+    return x_t + (1 - t) * velocity
+
+
 def _check_mode(shortcut_mode: str) -> None:
     if shortcut_mode not in SHORTCUT_MODES:
         raise ValueError(f"shortcut_mode must be one of {SHORTCUT_MODES}, got {shortcut_mode!r}")

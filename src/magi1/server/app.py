@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -141,6 +141,14 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
             return FileResponse(job.video_path, media_type="video/mp4", filename=name)
         raise HTTPException(409, video_not_ready_message(state))
 
+    @app.get("/v1/jobs/{job_id}/preview.png")
+    def get_preview(job_id: str):
+        job = find_job(job_id)
+        png = store.previews.png(job.id)
+        if png is None:
+            raise HTTPException(404, "no preview yet: previews appear while the job's chunks are denoised")
+        return Response(png, media_type="image/png", headers=NO_STORE)
+
     @app.get("/v1/jobs/{job_id}/chunks/{name}")
     def get_chunk(job_id: str, name: str):
         job = find_job(job_id)
@@ -249,6 +257,7 @@ def job_view(record: dict) -> dict:
             "self": base,
             "video": f"{base}/video" if record["has_video"] else None,
             "chunks": [f"{base}/chunks/{k}.mp4" for k in range(record["chunks_ready"])],
+            "preview": f"{base}/preview.png" if record.get("has_preview") else None,
         },
     }
 

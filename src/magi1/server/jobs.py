@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .job_request import JobRequest
+from .previews import JobPreviews
 from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class JobStore:
     def __init__(self, settings: ServerSettings, pipeline_factory: Callable[[], Any]):
         self.settings = settings
         self.pipeline_factory = pipeline_factory
+        self.previews = JobPreviews()  # the newest latent preview of each running job, for the page
         self.pipeline = None
         self.model_state = "loading"          # loading | ready | failed
         self.model_error: str | None = None
@@ -214,6 +216,7 @@ class JobStore:
             if job.state is JobState.QUEUED:
                 self._queue.remove(job)
             running = job is self._running
+        self.previews.forget(job.id)
         if not running:
             shutil.rmtree(job.folder, ignore_errors=True)
         logger.info("job %s deleted", job.id)
@@ -223,7 +226,8 @@ class JobStore:
         with self._lock:
             record = job.to_record()
             record.update(step=job.step, total_steps=job.total_steps,
-                          cancel_requested=job.cancel_requested.is_set() and not job.state.finished)
+                          cancel_requested=job.cancel_requested.is_set() and not job.state.finished,
+                          has_preview=self.previews.png(job.id) is not None)
             position = None
             if job.state is JobState.QUEUED:
                 position = next((i for i, waiting in enumerate(self._queue, start=1) if waiting is job), None)
@@ -421,6 +425,8 @@ class JobStore:
         """Progress from the pipeline's callback: step events give a fine fraction, chunk events a coarse one."""
         if not isinstance(event, dict):
             return
+        if event.get("type") == "step":
+            self.previews.offer(job.id, self.pipeline, event)
         with self._lock:
             if event.get("type") == "step":
                 step, total = event.get("step"), event.get("total_steps")

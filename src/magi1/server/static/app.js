@@ -191,7 +191,23 @@ function showProgress(job) {
   parts.push(`${Math.round(job.progress * 100)}%`);
   if (job.error) parts.push(job.error);
   $("progress-text").textContent = parts.join(" · ");
+  showStepPreview(job);
   $("cancel").hidden = ["done", "failed", "cancelled"].includes(job.state) || job.cancel_requested;
+}
+
+// While chunks are denoised, a cheap latent preview of the window (no VAE decode) shows what is coming.
+function showStepPreview(job) {
+  const preview = $("step-preview");
+  if (job.state !== "running" || !job.step || !job.urls.preview) {
+    preview.hidden = true;
+    return;
+  }
+  const src = `${job.urls.preview}?step=${job.step}`;
+  if (preview.dataset.src === src) return;
+  preview.dataset.src = src;
+  preview.onload = () => { preview.hidden = false; };
+  preview.onerror = () => { preview.hidden = true; };  // none yet (404): try again at the next poll
+  preview.src = src;
 }
 
 function playNext() {
