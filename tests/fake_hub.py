@@ -33,6 +33,20 @@ def add_to_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], commit: 
     return snapshot
 
 
+def add_tree_listing(cache: Path, repo_id: str, files: dict[str, Path], commit: str = COMMIT) -> Path:
+    """The tree listing newer huggingface_hub versions keep beside a snapshot (trees/<commit>.json)."""
+    import json
+
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    listing = {"format_version": 1, "files": {
+        path: {"size": Path(source).stat().st_size, "blob_id": hashlib.sha1(Path(source).read_bytes()).hexdigest()}
+        for path, source in files.items()}}
+    target = storage / "trees" / f"{commit}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(listing))
+    return target
+
+
 def tiny_official_repo_files(model_root: Path, variant: str, special_tokens: Path) -> dict[str, Path]:
     """The files of a tiny model folder (magi1.testing layout) at their places in the official repo."""
     weight_dirs = [p for p in (model_root / "dit").iterdir() if p.is_dir()]

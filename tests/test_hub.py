@@ -72,6 +72,25 @@ def test_a_missing_or_cut_off_file_names_what_to_download(fake_cache, tiny_model
         resolve_hub_uri("hf://sand-ai/MAGI-1/ckpt/magi/24B_distill")
 
 
+def test_sizes_are_checked_against_the_cached_tree_listing(fake_cache, tiny_model, tmp_path):
+    import huggingface_hub
+
+    from fake_hub import add_tree_listing
+    from magi1.hub import locate
+
+    if not hasattr(huggingface_hub, "get_cached_repo_tree"):
+        pytest.skip("this huggingface_hub keeps no tree listing beside its snapshots")
+    files = tiny_official_repo_files(tiny_model.parent, "4.5B_base", fake_cache / "example/assets/special_tokens.npz")
+    add_tree_listing(tmp_path / "hub", REPO, files)
+    assert locate("4.5B_base") == fake_cache
+    config = fake_cache / "ckpt/vae/config.json"
+    text = config.read_text()
+    config.unlink()
+    config.write_text(text + " ")  # one byte more than the hub lists (a safetensors check would not see it)
+    with pytest.raises(MissingWeightsError, match=r"ckpt/vae/config.json has \d+ bytes, the hub lists \d+"):
+        locate("4.5B_base")
+
+
 def test_download_command_checks_the_cache_offline_and_a_dir_gets_a_config(fake_cache, tmp_path, capsys):
     import json
     import shutil
