@@ -308,10 +308,21 @@ def download(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | No
     from huggingface_hub import HfApi, snapshot_download
 
     logger.info("fetching %s from %s: %s", variant, repo_id, ", ".join(spec.allow_patterns))
-    root = Path(snapshot_download(repo_id, allow_patterns=spec.allow_patterns, local_dir=local_dir,
-                                  cache_dir=cache_dir, revision=revision, token=token))
-    api = HfApi(token=token)
-    sizes = _hub_sizes(api, repo_id, spec, revision)
+    try:
+        root = Path(snapshot_download(repo_id, allow_patterns=spec.allow_patterns, local_dir=local_dir,
+                                      cache_dir=cache_dir, revision=revision, token=token))
+    except Exception as err:  # no connection and no cached copy, a gated repo, a bad revision, ...
+        if not _is_transfer_error(err):
+            raise
+        raise MissingWeightsError(f"could not fetch {variant} from {repo_id}: {type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    try:
+        sizes = _hub_sizes(HfApi(token=token), repo_id, spec, revision)
+    except Exception as err:  # the hub went away after the download: check the files themselves
+        if not _is_transfer_error(err):
+            raise
+        logger.warning("could not list %s for a size check (%s); checking the files themselves", repo_id, err)
+        sizes = _cached_listing_sizes(repo_id, cache_dir, local_dir, revision)
     short = [p for p, size in sizes.items() if not (root / p).is_file() or (root / p).stat().st_size != size]
     if short:  # a file that passed huggingface_hub's own check but is not what the hub lists: fetch it again
         from huggingface_hub import hf_hub_download
@@ -320,9 +331,19 @@ def download(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | No
         for path in short:
             hf_hub_download(repo_id, path, local_dir=local_dir, cache_dir=cache_dir, revision=revision,
                             token=token, force_download=True)
-    fetch_special_tokens(root / SPECIAL_TOKENS_PATH)
+    try:
+        fetch_special_tokens(root / SPECIAL_TOKENS_PATH)
+    except OSError as err:  # urllib's errors (no route, HTTP 404, timeouts) are OSErrors
+        raise MissingWeightsError(f"could not fetch the special tokens from {SPECIAL_TOKENS_URL} ({err}); the "
+                                  f"weights are in {root}: run the command again to finish") from None
     verify(root, spec, repo_id=repo_id, cache_dir=cache_dir, local_dir=local_dir, revision=revision, sizes=sizes)
     return root
+
+
+def _is_transfer_error(err: BaseException) -> bool:
+    """Errors of the hub client or the network (not bugs): reported as one sentence."""
+    module = type(err).__module__ or ""
+    return isinstance(err, OSError) or module.startswith(("huggingface_hub", "httpx", "requests", "urllib3"))
 
 
 def _hub_sizes(api, repo_id: str, spec: HubVariant, revision: str | None) -> dict[str, int]:
