@@ -21,7 +21,7 @@ import torch
 from .config import MagiConfig
 from .diffusers_api import DiffusersConventions
 from .errors import InputError, MissingWeightsError
-from .runtime import cpu_generator, parse_dtype, pick_device
+from .runtime import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class MagiPipeline(DiffusersConventions):
         """
         from .parallel import is_output_rank, parallel_decode_chunk
         from .sampling.chunk_plan import plan_forward_steps
-        from .sampling.sampler import chunk_counts, emitted_frames, sample_chunks
+        from .sampling.sampler import batch_noise, chunk_counts, emitted_frames, sample_chunks
         from .preview import window_clean_estimate
         from .sampling.schedule import time_grid
 
@@ -414,7 +414,7 @@ class MagiPipeline(DiffusersConventions):
         y, y_masks, clean_rows = y.to(device), y_masks.to(device), tuple(t.to(device) for t in clean_rows)
         h, w = config.latent_size
         shape = (batch, m.latent_channels, total_chunks * r.chunk_width, h, w)
-        noise = self._initial_noise(shape, latents, generator, run.seed)
+        noise = batch_noise(shape, latents=latents, generator=generator, seed=run.seed)
         if prefix is not None:
             prefix = prefix.to(device)
 
@@ -564,23 +564,6 @@ class MagiPipeline(DiffusersConventions):
         reference = as_batched_conditioning(plain.y, plain.masks) if plain is not None else (y, masks)
         clean_y, clean_mask = default_clean_rows(*reference)
         return y, masks, (clean_y.expand(len(prompts), -1, -1), clean_mask.expand(len(prompts), -1))
-
-    @staticmethod
-    def _initial_noise(shape, latents, generator, seed) -> torch.Tensor:
-        """(B, C, T, h, w) noise: given latents; one generator per video; one generator for all; or seed + b."""
-        batch, one = shape[0], (1, *shape[1:])
-        if latents is not None:
-            if tuple(latents.shape) != tuple(shape):
-                raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
-            return latents.float().cpu()
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != batch:
-                raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")
-            return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
-        if generator is not None:
-            return torch.randn(shape, generator=generator, dtype=torch.float32)
-        return torch.cat([torch.randn(one, generator=cpu_generator(seed + b), dtype=torch.float32)
-                          for b in range(batch)])
 
 
 def chunk_prompt_schedule(prompt: str | None, chunk_prompts, num_chunks: int) -> list[str]:

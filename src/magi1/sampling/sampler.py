@@ -75,6 +75,29 @@ def initial_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=cpu_generator(seed), dtype=torch.float32)
 
 
+def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, generator=None,
+                seed: int = 0) -> torch.Tensor:
+    """(B, C, T, h, w) initial noise for B videos, on the CPU.
+
+    latents: used as given (shape checked). generator: one per video (video b draws its single run's noise)
+    or one for all (drawn in one call). Neither: video b is seeded `seed + b`.
+    """
+    from ..errors import InputError
+
+    batch, one = shape[0], (1, *shape[1:])
+    if latents is not None:
+        if tuple(latents.shape) != tuple(shape):
+            raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
+        return latents.float().cpu()
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")
+        return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
+    if generator is not None:
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    return torch.cat([initial_noise(one, seed + b) for b in range(batch)])
+
+
 # ---------------------------------------------------------------------------------------------- pieces
 def _pad_prefix(x: torch.Tensor, prefix: torch.Tensor | None, first_frame: int) -> torch.Tensor:
     """Overwrite the call frames that lie inside the prefix with the prefix (official try_pad_prefix_video).
