@@ -36,8 +36,20 @@ def machine_line() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if accelerator_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, {datetime.date.today().isoformat()}")
+    return (f"{cpu} ({bf16_path_line()}), {os.cpu_count()} cores visible, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {gpu}, {datetime.date.today().isoformat()}")
+
+
+def bf16_path_line() -> str:
+    """This CPU's vector capability, reported bf16 units and the bf16 GEMM path magi1 chose at run time."""
+    from magi1.ops import cpu_paths
+
+    report = cpu_paths.cpu_report()
+    units = ", ".join(report.half_units(torch.bfloat16)) or "no bf16 units"
+    native = cpu_paths.half_path(torch.bfloat16).choice == "native"
+    islands = cpu_paths.fp32_islands_path().choice
+    return (f"{report.capability}, {units}; bf16 GEMMs " + ("native" if native else "as float32 GEMMs (half_math)")
+            + f", linear_proj {'bf16-input GEMM' if islands == 'bf16-inputs' else 'float32 GEMM'}")
 
 
 def sync(device: torch.device) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -107,3 +109,18 @@ def env_flag(name: str, default: bool = False) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "y", "on", "enabled"}
+
+
+@contextmanager
+def side_stream(device: torch.device | None) -> Iterator[None]:
+    """Run the enclosed work on a fresh accelerator stream (so it overlaps the default stream's work), and
+    wait for it at the end; nothing on a CPU, where the caller's thread is what overlaps."""
+    if device is None or not is_accelerator(device):
+        with nullcontext():
+            yield
+        return
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))  # inputs made on the default stream are ready
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
