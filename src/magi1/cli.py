@@ -85,8 +85,15 @@ def parse_chunk_prompts(items: list[str]) -> dict[int, str]:
 
 
 def validate_generate_args(args):
-    """Everything that can be checked without loading a model; returns (mode, config)."""
+    """Everything that can be checked without loading a model (or importing torch); returns (mode, config).
+
+    The decoded image / video is kept on `args.checked_image` / `args.checked_video`, so the render does not
+    read the files again.
+    """
     from .config import ConfigError, load_config
+    from .errors import InputError
+    from .preflight import check_run, check_weights_present
+    from .runtime import canonical_dtype_name, check_device_name
 
     mode = infer_mode(args)
     if mode == "i2v" and not args.image_path:
@@ -103,64 +110,42 @@ def validate_generate_args(args):
                        ("--special_tokens", args.special_tokens)):
         if path and not Path(path).is_file():
             raise UsageError(f"{flag}: no such file: {path}")
-    if args.image_path:
-        _check_readable_image(args.image_path)
-    if args.prefix_video_path:
-        from .io.video import probe_video
-
-        try:
-            info = probe_video(args.prefix_video_path)
-        except (ValueError, OSError) as err:
-            raise UsageError(f"--prefix_video_path: {err}") from None
-        if info.num_frames == 0:
-            raise UsageError(f"--prefix_video_path: {args.prefix_video_path} has no frames")
-    for flag, value in (("--height", args.height), ("--width", args.width)):
-        if value is not None and (value <= 0 or value % 16):
-            raise UsageError(f"{flag} must be a positive multiple of 16, got {value}")
-    if args.num_frames is not None and args.num_frames <= 0:
-        raise UsageError(f"--num_frames must be positive, got {args.num_frames}")
-    out = Path(args.output_path)
-    if out.suffix.lower() != ".mp4":
-        raise UsageError(f"--output_path must end in .mp4, got {args.output_path}")
-    if not out.parent.exists():
-        raise UsageError(f"--output_path: folder {out.parent} does not exist")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        if args.dtype is not None:
+            canonical_dtype_name(args.dtype)
+        check_device_name(args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         config = load_config(args.config_file)
-        overrides = {}
-        if args.num_frames is not None:
-            overrides["num_frames"] = args.num_frames
-        if args.height is not None:
-            overrides["video_size_h"] = args.height
-        if args.width is not None:
-            overrides["video_size_w"] = args.width
-        if args.steps is not None:
-            overrides["num_steps"] = args.steps
-        if args.seed is not None:
-            overrides["seed"] = args.seed
-        if overrides:
-            config = config.replace(**overrides)
         if args.set:
             config = config.with_overrides(args.set)
     except ConfigError as err:
         raise UsageError(str(err)) from None
-    from .pipeline import check_weights_present
-
     check_weights_present(config)
-    parse_chunk_prompts(args.chunk_prompt)
+    chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
+    try:
+        checked = check_run(config, mode=mode, prompt=args.prompt or DEFAULT_PROMPT, chunk_prompts=chunk_prompts,
+                            image=args.image_path, video=args.prefix_video_path, num_frames=args.num_frames,
+                            height=args.height, width=args.width, num_inference_steps=args.steps, seed=args.seed,
+                            keep_aspect=args.keep_aspect, output_path=args.output_path, resume=args.resume)
+    except InputError as err:
+        raise UsageError(_flag_names(str(err))) from None
+    args.checked_image, args.checked_video = checked.image, checked.video
     from .prompting.cli import check_generate_enhance_args
 
     check_generate_enhance_args(args)
-    return mode, config
+    return mode, checked.config
 
 
-def _check_readable_image(path: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise UsageError(f"--image_path: {path} is not a readable image ({err})") from None
+def _flag_names(message: str) -> str:
+    """A preflight sentence in the CLI's words: `steps` is --steps, and so on."""
+    for name in ("num_frames", "height", "width", "steps", "seed"):
+        if message.startswith(f"{name} "):
+            return f"--{message}"
+    return message
 
 
 def run_generate(args) -> int:
@@ -198,8 +183,8 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
         args.output_path,
         prompt=None if chunk_prompts else prompt,
         chunk_prompts=chunk_prompts or None,
-        image=args.image_path if mode == "i2v" else None,
-        video=args.prefix_video_path if mode == "v2v" else None,
+        image=args.checked_image if mode == "i2v" else None,
+        video=args.checked_video if mode == "v2v" else None,
         keep_aspect=args.keep_aspect,
         resume=args.resume,
         progress=not args.quiet,
@@ -221,7 +206,20 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--special_tokens", default=None)
     p.add_argument("--max_queue", type=int, default=8)
     p.add_argument("--results_dir", default=None, help="where finished videos are kept (default: a temp folder)")
-    p.set_defaults(func=lambda args: _delegate("magi1.server.app", "main_serve", args))
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> int:
+    missing = []
+    for name in ("fastapi", "uvicorn", "multipart"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append("python-multipart" if name == "multipart" else name)
+    if missing:
+        raise UsageError(f"magi1 serve needs the server extra ({', '.join(missing)} not installed): "
+                         f"pip install 'magi1[serve]'")
+    return _delegate("magi1.server.app", "main_serve", args)
 
 
 def add_train_parser(subparsers) -> None:
@@ -284,9 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own parsers: every word after the name is theirs, `-h` included.
+DELEGATED = {"train": ("magi1.train.cli", "main_train"), "eval": ("magi1.eval.cli", "main_eval")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = [i for i, word in enumerate(argv) if not word.startswith("-")]
+    if words and argv[words[0]] in DELEGATED:  # argparse would take their -h as its own unknown flag
+        head, name, rest = argv[:words[0]], argv[words[0]], argv[words[0] + 1:]
+        args = parser.parse_args([*head, name])
+        args.rest = rest
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args)

@@ -258,9 +258,9 @@ class MagiConfig:
         need(m.cond_hidden_size > 0, "model_config.cond_hidden_ratio gives a zero-width condition")
         need(m.layernorm_epsilon > 0, "model_config.layernorm_epsilon must be positive")
         try:
-            from .runtime import parse_dtype
+            from .runtime import canonical_dtype_name
 
-            parse_dtype(m.params_dtype)
+            canonical_dtype_name(m.params_dtype)
         except ValueError as err:
             problems.append(f"model_config.params_dtype: {err}")
 

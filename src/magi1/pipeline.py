@@ -6,7 +6,6 @@ Everything that consumes video (the CLI, the server, `__call__`) is written on t
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -21,6 +20,9 @@ import torch
 from .config import MagiConfig
 from .diffusers_api import DiffusersConventions
 from .errors import InputError, MissingWeightsError
+from .preflight import check_run, check_weights_present  # noqa: F401 (re-exported: the server and tests import it here)
+from .preflight import t5_present as _t5_present, vae_present as _vae_present
+from .resume import ResumeState, resume_state_path, run_fingerprint  # noqa: F401 (re-exported)
 from .runtime import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
@@ -73,52 +75,6 @@ class GenerationReport:
 
 
 @dataclass
-class ResumeState:
-    """Where an interrupted run stood after its last finished chunk (see `MagiPipeline.stream`)."""
-
-    fingerprint: str                # hash of everything that determines the run
-    next_step: int                  # the first forward step still to run
-    finished_chunks: int            # generated chunks already emitted
-    latent: torch.Tensor            # (1, 16, T, h, w) float32: the whole latent video after that step
-
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"latent": self.latent.contiguous()}, str(tmp),
-                  metadata={"fingerprint": self.fingerprint, "next_step": str(self.next_step),
-                            "finished_chunks": str(self.finished_chunks)})
-        tmp.replace(path)  # atomic: a kill never leaves a half-written state
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ResumeState":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            return cls(meta["fingerprint"], int(meta["next_step"]), int(meta["finished_chunks"]),
-                       f.get_tensor("latent"))
-
-
-def run_fingerprint(config: MagiConfig, *tensors: torch.Tensor | None) -> str:
-    """A hash of the config and the run's input tensors (conditioning, noise, prefix)."""
-    import json
-
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for tensor in tensors:
-        if tensor is not None:
-            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def resume_state_path(output: str | Path) -> Path:
-    """The hidden file next to the output where a run keeps its resume state."""
-    output = Path(output)
-    return output.with_name(f".{output.name}.resume.safetensors")
-
-
-@dataclass
 class RunSettings:
     """The per-call values that may differ from the config (size, frames, steps, seed)."""
 
@@ -128,39 +84,6 @@ class RunSettings:
     num_steps: int
     seed: int
     extra: dict = field(default_factory=dict)
-
-
-def check_weights_present(config: MagiConfig, *, text_encoder: bool = True, vae: bool = True) -> None:
-    """Fail fast, before loading anything, when a folder the config names is missing."""
-    from .checkpoint.layout import weight_dir
-
-    r, e = config.runtime_config, config.engine_config
-    if not r.load:
-        raise MissingWeightsError("runtime_config.load is not set: point it at the checkpoint root folder")
-    weight_dir(config.resolve_path(r.load), distill=e.distill, fp8_quant=e.fp8_quant)
-    if vae and not _vae_present(config):
-        raise MissingWeightsError(f"VAE folder {config.resolve_path(r.vae_pretrained)!r} "
-                                  f"(runtime_config.vae_pretrained) has no config.json")
-    if text_encoder and not _t5_present(config):
-        raise MissingWeightsError(f"text encoder folder {config.resolve_path(r.t5_pretrained)!r} "
-                                  f"(runtime_config.t5_pretrained) does not exist")
-
-
-def _resolved_or_none(config: MagiConfig, value: str | None) -> str | None:
-    try:
-        return config.resolve_path(value)
-    except MissingWeightsError:  # an hf:// folder not in the cache: absent, reported when first needed
-        return None
-
-
-def _vae_present(config: MagiConfig) -> bool:
-    folder = _resolved_or_none(config, config.runtime_config.vae_pretrained)
-    return bool(folder) and (Path(folder) / "config.json").is_file()
-
-
-def _t5_present(config: MagiConfig) -> bool:
-    folder = _resolved_or_none(config, config.runtime_config.t5_pretrained)
-    return bool(folder) and Path(folder).is_dir()
 
 
 class GenerationCancelled(Exception):
@@ -294,7 +217,7 @@ class MagiPipeline(DiffusersConventions):
     def encode_prefix(self, config: MagiConfig, *, image=None, video=None, keep_aspect: bool = False):
         """The scaled VAE latent of the conditioning image (1,16,1,h,w) or prefix video (1,16,Tp,h,w), or None."""
         from .io.image import load_image
-        from .io.video import load_video
+        from .io.video import load_video, resize_frames
         from .models.vae_helpers import encode_image, encode_video
 
         r = config.runtime_config
@@ -308,8 +231,8 @@ class MagiPipeline(DiffusersConventions):
         elif video is not None:
             if isinstance(video, (str, Path)):
                 frames = load_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect=keep_aspect)
-            else:
-                frames = np.asarray(video)
+            else:  # an array of any size is resized as a file's frames are
+                frames = resize_frames(np.asarray(video), r.video_size_h, r.video_size_w, keep_aspect=keep_aspect)
             latent = encode_video(self.vae, frames, fps=r.fps)
         else:
             return None
@@ -395,13 +318,17 @@ class MagiPipeline(DiffusersConventions):
             raise InputError("this model is guidance-distilled (cfg_number 1): it has no unconditional pass for a "
                              "negative prompt")
         r, m = config.runtime_config, config.model_config
+        # Everything refusable is refused before a prompt, an image or a video is encoded; inputs come back
+        # decoded and resized, so files are read once.
+        checked = check_run(self.config, prompt=None if None in prompts else prompts[0], chunk_prompts=chunk_prompts,
+                            image=image, video=video, prefix_latents=prefix_latents, prompt_embeds=prompt_embeds,
+                            num_frames=num_frames, height=height, width=width,
+                            num_inference_steps=num_inference_steps, seed=seed, keep_aspect=keep_aspect)
         if prefix_latents is not None:
-            if image is not None or video is not None:
-                raise InputError("give prefix_latents or an image / video, not both")
             # Already-encoded, scaled VAE latents: (1, 16, 1, h, w) for i2v, (1, 16, Tp, h, w) for v2v.
             prefix = prefix_latents.float().cpu()
         else:
-            prefix = self.encode_prefix(config, image=image, video=video, keep_aspect=keep_aspect)
+            prefix = self.encode_prefix(config, image=checked.image, video=checked.video, keep_aspect=keep_aspect)
         prefix_frames = 0 if prefix is None else prefix.shape[2]
         total_chunks, clean_chunks = chunk_counts(run.num_frames, prefix_frames, r.chunk_width,
                                                   r.temporal_downsample_factor)

@@ -1,6 +1,8 @@
 """The one place that picks devices, dtypes, threads and seeds.
 
 No other module names a device type as a string: they ask this module.
+torch is imported inside the functions that need it, so checking a dtype or device *name* (the CLI does it
+before anything heavy loads) stays instant.
 """
 
 from __future__ import annotations
@@ -10,30 +12,38 @@ import random
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
-import numpy as np
-import torch
+from .errors import InputError
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "torch.float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "torch.bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "torch.float16": torch.float16,
+# Every spelling a user or an official config may give -> the torch attribute name.
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "torch.float32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16", "torch.bfloat16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "torch.float16": "float16",
 }
+# Device types magi1 runs on; anything else torch may know (xla, mps, ...) is refused up front.
+_DEVICE_TYPES = ("cpu", "cuda")
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map 'bf16', 'bfloat16', 'torch.bfloat16', ... to a torch dtype."""
+def canonical_dtype_name(name) -> str:
+    """'bf16', 'bfloat16', 'torch.bfloat16', ... -> 'bfloat16', without importing torch.
+
+    fp8 is not a compute dtype here: fp8 checkpoints (engine_config.fp8_quant) compute in bf16.
+    """
+    key = str(name).strip().lower()
+    if key in _DTYPE_NAMES:
+        return _DTYPE_NAMES[key]
+    hint = (" (fp8 is a weight format: use an fp8 checkpoint, engine_config.fp8_quant, which computes in bf16)"
+            if "fp8" in key or "float8" in key else "")
+    raise InputError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16{hint}")
+
+
+def parse_dtype(name):
+    """Map 'bf16', 'bfloat16', 'torch.bfloat16', ... (or a torch dtype) to a torch dtype."""
+    import torch
+
     if isinstance(name, torch.dtype):
         return name
-    try:
-        return _DTYPES[str(name).strip().lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16") from None
+    return getattr(torch, canonical_dtype_name(name))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -42,65 +52,106 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def accelerator_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
-def pick_device(name: str | torch.device | None = None) -> torch.device:
+def check_device_name(name) -> None:
+    """Refuse a device string magi1 cannot use (unknown type, bad index, no GPU) before anything loads.
+
+    The name is parsed by hand, so a refusal costs no torch import; only cuda names ask torch whether
+    a GPU is there.
+    """
+    if name is None or not isinstance(name, str) or name == "auto":
+        return
+    kind, _, index = name.strip().partition(":")
+    if kind not in _DEVICE_TYPES or (index and not index.isdigit()) or (kind == "cpu" and index not in ("", "0")):
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu "
+                             f"(or auto)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise InputError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def pick_device(name=None):
     """Resolve a user's device choice; None or 'auto' takes the GPU when there is one."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     if name is None or name == "auto":
         return torch.device("cuda" if accelerator_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not accelerator_available():
-        raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu")
-    return device
+    check_device_name(name)
+    return torch.device(name)
 
 
-def is_accelerator(device: torch.device) -> bool:
+def is_accelerator(device) -> bool:
+    import torch
+
     return torch.device(device).type == "cuda"
 
 
-def default_dtype_for(device: torch.device) -> torch.dtype:
+def default_dtype_for(device):
     """bf16 on GPUs (the official regime); float32 on CPU, where it is the reference for parity."""
+    import torch
+
     return torch.bfloat16 if is_accelerator(device) else torch.float32
 
 
 def set_threads(num_threads: int | None) -> None:
     if num_threads:
+        import torch
+
         torch.set_num_threads(int(num_threads))
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch, as the official pipeline does once at start-up."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def cpu_generator(seed: int) -> torch.Generator:
+def cpu_generator(seed: int):
     """Noise is drawn on the CPU so that one seed gives one video on every device."""
+    import torch
+
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def synchronize(device: torch.device) -> None:
+def synchronize(device) -> None:
     if is_accelerator(device):
+        import torch
+
         torch.cuda.synchronize(device)
 
 
-def peak_memory_bytes(device: torch.device) -> int | None:
+def peak_memory_bytes(device) -> int | None:
     """Peak allocated accelerator memory since the last reset; None on CPU (measure RSS there)."""
     if is_accelerator(device):
+        import torch
+
         return int(torch.cuda.max_memory_allocated(device))
     return None
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device) -> None:
     if is_accelerator(device):
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def distributed_backend_for(device: torch.device) -> str:
+def distributed_backend_for(device) -> str:
     return "nccl" if is_accelerator(device) else "gloo"
 
 

@@ -1,39 +1,32 @@
-"""Official MAGI-1 checkpoint folders: find them, read them (safetensors, sharded, .zst), write them."""
+"""Official MAGI-1 checkpoint folders: find them, read them (safetensors, sharded, .zst), write them.
 
-from .layout import CheckpointError, ShardPlan, plan_shards, weight_dir, weight_dir_name
-from .loader import (
-    CheckpointReader,
-    LoadReport,
-    TensorInfo,
-    is_high_precision,
-    load_dit,
-    load_state_dict_into,
-    pipeline_stage_layers,
-    promote_high_precision,
-    read_state_dict,
-    rename_kept_layers,
-    runtime_dtype_for,
-    select_pipeline_stage,
-)
-from .writer import save_official
+Names load on first use (magi1.lazy_exports): the torch-free submodules import without torch.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointReader",
-    "LoadReport",
-    "ShardPlan",
-    "TensorInfo",
-    "is_high_precision",
-    "load_dit",
-    "load_state_dict_into",
-    "pipeline_stage_layers",
-    "plan_shards",
-    "promote_high_precision",
-    "read_state_dict",
-    "rename_kept_layers",
-    "runtime_dtype_for",
-    "save_official",
-    "select_pipeline_stage",
-    "weight_dir",
-    "weight_dir_name",
-]
+from __future__ import annotations
+
+from ..lazy_exports import lazy_exports
+
+# public name -> the submodule that defines it
+_WHERE = {
+    "CheckpointError": "layout",
+    "CheckpointReader": "loader",
+    "LoadReport": "loader",
+    "ShardPlan": "layout",
+    "TensorInfo": "loader",
+    "is_high_precision": "loader",
+    "load_dit": "loader",
+    "load_state_dict_into": "loader",
+    "pipeline_stage_layers": "loader",
+    "plan_shards": "layout",
+    "promote_high_precision": "loader",
+    "read_state_dict": "loader",
+    "rename_kept_layers": "loader",
+    "runtime_dtype_for": "loader",
+    "save_official": "writer",
+    "select_pipeline_stage": "loader",
+    "weight_dir": "layout",
+    "weight_dir_name": "layout",
+}
+
+__getattr__, __all__ = lazy_exports(__name__, _WHERE)

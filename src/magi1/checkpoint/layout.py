@@ -66,7 +66,7 @@ def weight_dir(load_root: str | Path, *, distill: bool, fp8_quant: bool) -> Path
     """The folder holding the weights for this kind of model, checked to contain some."""
     root = Path(load_root).expanduser()
     if not root.is_dir():
-        raise CheckpointError(f"checkpoint root {root} does not exist (runtime_config.load or --load)")
+        raise CheckpointError(f"checkpoint root {root} does not exist (runtime_config.load in the config; change it with --set runtime_config.load=FOLDER)")
     wanted = weight_dir_name(distill=distill, fp8_quant=fp8_quant)
     folder = root / wanted
     if has_weights(folder):

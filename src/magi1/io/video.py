@@ -74,6 +74,14 @@ def probe_video(path: str | Path) -> VideoInfo:
         return VideoInfo(int(num_frames), float(rate) if rate else 0.0, stream.height, stream.width)
 
 
+def is_still_image(path: str | Path) -> bool:
+    """True when FFmpeg opens `path` as a picture (PNG, JPEG, ...), not a video container."""
+    container, _ = _open_input(path)
+    with container:
+        # FFmpeg reads single pictures with its image demuxers: "image2" or "<codec>_pipe" (png_pipe, ...).
+        return any(name == "image2" or name.endswith("_pipe") for name in container.format.name.split(","))
+
+
 def _timed_frames(path: str | Path) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction]]:
     """(frame, start time in s, duration in s), times measured from the container start as ffmpeg does."""
     container, stream = _open_input(path)
@@ -179,6 +187,15 @@ def load_video(
     if not frames:
         raise ValueError(f"cannot read {path} as a video: no frames could be decoded")
     return np.stack(frames)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int, *, keep_aspect: bool = False) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames at height x width, scaled as video files are (swscale bicubic)."""
+    frames = _check_frames(frames)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([_frame_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"),
+                                   height, width, keep_aspect) for rgb in frames])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,32 +1,35 @@
-"""Chunk-wise autoregressive sampling: time grid, window plan, guidance, conditioning, the sampler loop."""
+"""Chunk-wise autoregressive sampling: time grid, window plan, guidance, conditioning, the sampler loop.
 
-from .chunk_plan import ForwardStep, plan_forward_steps, prefix_spans
-from .conditioning import Conditioning, build_conditioning
-from .guidance import blend_nearly_clean, combine_guidance, guidance_buckets, guidance_scales, is_nearly_clean
-from .sampler import chunk_counts, emitted_frames, initial_noise, resume_prefix, sample_chunks
-from .schedule import distill_step_size, noisy_latent, step_intervals, time_grid, velocity_target
-from .special_tokens import SpecialTokens
+Names load on first use (magi1.lazy_exports): the torch-free submodules import without torch.
+"""
 
-__all__ = [
-    "Conditioning",
-    "ForwardStep",
-    "SpecialTokens",
-    "blend_nearly_clean",
-    "build_conditioning",
-    "chunk_counts",
-    "combine_guidance",
-    "distill_step_size",
-    "emitted_frames",
-    "guidance_buckets",
-    "guidance_scales",
-    "initial_noise",
-    "is_nearly_clean",
-    "noisy_latent",
-    "plan_forward_steps",
-    "prefix_spans",
-    "resume_prefix",
-    "sample_chunks",
-    "step_intervals",
-    "time_grid",
-    "velocity_target",
-]
+from __future__ import annotations
+
+from ..lazy_exports import lazy_exports
+
+# public name -> the submodule that defines it
+_WHERE = {
+    "Conditioning": "conditioning",
+    "ForwardStep": "chunk_plan",
+    "SpecialTokens": "special_tokens",
+    "blend_nearly_clean": "guidance",
+    "build_conditioning": "conditioning",
+    "chunk_counts": "chunk_plan",
+    "combine_guidance": "guidance",
+    "distill_step_size": "schedule",
+    "emitted_frames": "chunk_plan",
+    "guidance_buckets": "guidance",
+    "guidance_scales": "guidance",
+    "initial_noise": "sampler",
+    "is_nearly_clean": "guidance",
+    "noisy_latent": "schedule",
+    "plan_forward_steps": "chunk_plan",
+    "prefix_spans": "chunk_plan",
+    "resume_prefix": "sampler",
+    "sample_chunks": "sampler",
+    "step_intervals": "schedule",
+    "time_grid": "schedule",
+    "velocity_target": "schedule",
+}
+
+__getattr__, __all__ = lazy_exports(__name__, _WHERE)

@@ -15,6 +15,7 @@ expects them in tokens (x tokens per chunk), since its keys are [cached chunks |
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -135,3 +136,25 @@ def plan_forward_steps(
         keep_from[i] = lowest
         lowest = min(lowest, min(start for start, _ in plan[i][8]))
     return tuple(ForwardStep(*fields, keep_from=keep) for fields, keep in zip(plan, keep_from))
+
+
+def chunk_counts(num_frames: int, prefix_latent_frames: int, chunk_width: int, temporal_downsample: int):
+    """(infer_chunk_num, clean_chunk_num): all chunks of the latent video, and the whole prefix chunks.
+
+    num_frames are the requested pixel frames; the prefix (0 for t2v, 1 for i2v, Tp for v2v) comes on top,
+    and the total is rounded up to whole chunks: t2v 96 frames -> 4 chunks, i2v -> 5, v2v Tp=8 -> (6, 1).
+    """
+    latent = num_frames // temporal_downsample + prefix_latent_frames
+    return math.ceil(latent / chunk_width), prefix_latent_frames // chunk_width
+
+
+def emitted_frames(chunk: int, chunk_width: int, prefix_frames: int = 0) -> tuple[int, int]:
+    """Latent frames [start, end) a finished chunk contributes to the output.
+
+    Prefix frames are not output again, except the i2v image frame (chunk 0 with a 1-frame prefix):
+    it is emitted as denoised, i.e. the image latent plus the last Euler increment.
+    """
+    start, end = chunk * chunk_width, (chunk + 1) * chunk_width
+    if prefix_frames and not (chunk == 0 and prefix_frames == 1):
+        start = max(start, prefix_frames)
+    return start, end

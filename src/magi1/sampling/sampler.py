@@ -16,13 +16,12 @@ at the saved step. (A looser alternative: `resume_prefix` turns the finished chu
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..runtime import cpu_generator
-from .chunk_plan import ForwardStep, plan_forward_steps, prefix_spans
+from .chunk_plan import ForwardStep, chunk_counts, emitted_frames, plan_forward_steps, prefix_spans  # noqa: F401 (re-exported)
 from .guidance import (
     DEFAULT_PREV_CHUNKS_SCALE,
     WindowCall,
@@ -37,28 +36,6 @@ StepCallback = Callable[[ForwardStep, torch.Tensor], "torch.Tensor | None"]
 
 
 # ---------------------------------------------------------------------------------------------- sizes
-def chunk_counts(num_frames: int, prefix_latent_frames: int, chunk_width: int, temporal_downsample: int):
-    """(infer_chunk_num, clean_chunk_num): all chunks of the latent video, and the whole prefix chunks.
-
-    num_frames are the requested pixel frames; the prefix (0 for t2v, 1 for i2v, Tp for v2v) comes on top,
-    and the total is rounded up to whole chunks: t2v 96 frames -> 4 chunks, i2v -> 5, v2v Tp=8 -> (6, 1).
-    """
-    latent = num_frames // temporal_downsample + prefix_latent_frames
-    return math.ceil(latent / chunk_width), prefix_latent_frames // chunk_width
-
-
-def emitted_frames(chunk: int, chunk_width: int, prefix_frames: int = 0) -> tuple[int, int]:
-    """Latent frames [start, end) a finished chunk contributes to the output.
-
-    Prefix frames are not output again, except the i2v image frame (chunk 0 with a 1-frame prefix):
-    it is emitted as denoised, i.e. the image latent plus the last Euler increment.
-    """
-    start, end = chunk * chunk_width, (chunk + 1) * chunk_width
-    if prefix_frames and not (chunk == 0 and prefix_frames == 1):
-        start = max(start, prefix_frames)
-    return start, end
-
-
 def resume_prefix(finished_chunks: Sequence[torch.Tensor], prefix_latent: torch.Tensor | None = None,
                   chunk_width: int = 6) -> torch.Tensor:
     """The prefix that continues a run whose first chunks were emitted: kept prefix frames + emitted frames."""

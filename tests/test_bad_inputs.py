@@ -1,0 +1,206 @@
+"""Every bad input a user can give `magi1 generate` is refused before a model loads: one sentence, exit 2, no file.
+
+Each case is its own process running the real CLI on the embedded demo model (refusals come before any weights
+are read). To keep the table cheap on two cores, one driver subprocess imports the CLI once and forks a child per
+case: the child runs `magi1.cli.main(argv)` as the console script does, and its exit code and stderr are what a
+user would see. A few cases also run as a plain `python -m magi1.cli` each. Valid edge cases are not refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from magi1.config import load_config
+from magi1.errors import InputError
+from magi1.io.image import save_image
+from magi1.io.video import write_video
+from magi1.preflight import check_run
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb, without the memory)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * 16))  # far too little data: refused before decoding anyway
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    save_image(folder / "still.png", np.full((48, 64, 3), 90, np.uint8))
+    (folder / "text.png").write_text("not an image")
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    write_video(folder / "clip.mp4", np.full((8, 64, 64, 3), 100, np.uint8), fps=24)
+    _png_claiming(folder / "bomb.png", 12000, 10000)
+    (folder / "folder.mp4").mkdir()
+    return folder
+
+
+def _run(args: list[str], cwd: Path, *, code: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "magi1.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+# (extra flags, what the one-line message must say). {in} is the inputs folder, {out} the output file.
+REFUSED = [
+    (["--output_path", "{in}/folder.mp4"], "is a folder"),
+    (["--output_path", "{in}/nowhere/out.mp4"], "does not exist"),
+    (["--output_path", "{out}.gif"], "must end in .mp4"),
+    (["--image_path", "{in}/bomb.png"], "more than the"),
+    (["--image_path", "{in}/text.png"], "not a readable image"),
+    (["--prefix_video_path", "{in}/still.png"], "still image, not a video"),
+    (["--prefix_video_path", "{in}/broken.mp4"], "not a readable video"),
+    (["--num_frames", "1"], "no chunk to generate"),
+    (["--num_frames", "3"], "no chunk to generate"),
+    (["--num_frames", "0"], "--num_frames must be at least 1"),
+    (["--num_frames", "1000000000"], "ask for fewer frames"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "cpu:1"], "unknown device"),
+    (["--dtype", "fp8"], "fp8 is a weight format"),
+    (["--dtype", "int8"], "unknown dtype"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--seed", "-1"], "--seed must be between 0"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--height", "40"], "multiple of 16"),
+    (["--chunk_prompt", "9:a blue ball"], "chunk prompt is given for chunk 9"),
+    (["--resume"], "nothing to resume"),
+    (["--mode", "i2v"], "needs --image_path"),
+    (["--set", "runtime_config.load={in}/no_weights"], "runtime_config.load"),
+]
+
+
+# Reads a JSON list of argv lists; forks one child per case, which runs the CLI with stderr into a file.
+FORK_DRIVER = """
+import json, os, sys, tempfile
+from magi1.cli import main
+import numpy, PIL.Image, av, magi1.preflight, magi1.io.video, magi1.io.image, magi1.prompting.cli  # shared by the children
+results = []
+for argv in json.load(sys.stdin):
+    with tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(err.fileno(), 2)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            code = 1
+            try:
+                code = main(argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        err.seek(0)
+        results.append([os.waitstatus_to_exitcode(status), err.read()])
+print(json.dumps(results))
+"""
+
+
+def _cases(inputs: Path, folder: Path) -> list[tuple[list[str], str, Path]]:
+    cases = []
+    for i, (extra, message) in enumerate(REFUSED):
+        case_dir = folder / f"case{i}"
+        case_dir.mkdir()
+        out = case_dir / "never.mp4"
+        args = ["generate", "--num_frames", "96", "--output_path", str(out), "--quiet"]
+        cases.append((args + [a.replace("{in}", str(inputs)).replace("{out}", str(out)) for a in extra],
+                      message, case_dir))
+    return cases
+
+
+def _check_refusal(code: int, stderr: str, message: str, case_dir: Path) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("magi1 generate: error: "), stderr
+    assert message in lines[0], lines[0]
+    assert not re.search(r"--load\b", lines[0])  # no flag of that name exists
+    assert not list(case_dir.iterdir()), f"a refused run left {list(case_dir.iterdir())}"
+
+
+def test_generate_refuses_every_bad_input_before_loading(inputs, tmp_path):
+    import json
+
+    cases = _cases(inputs, tmp_path)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", FORK_DRIVER], input=json.dumps([argv for argv, _, _ in cases]),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for (argv, message, case_dir), (code, stderr) in zip(cases, json.loads(done.stdout.splitlines()[-1])):
+        _check_refusal(code, stderr, message, case_dir)
+
+
+@pytest.mark.parametrize("index", [0, 3, 5, 13])  # folder output, bomb PNG, PNG as video, fp8: the console way
+def test_refusal_through_a_fresh_interpreter(inputs, tmp_path, index):
+    argv, message, case_dir = _cases(inputs, tmp_path)[index]
+    done = _run(argv, tmp_path)
+    _check_refusal(done.returncode, done.stderr, message, case_dir)
+
+
+@pytest.mark.skipif(bool(os.environ.get("CUDA_VISIBLE_DEVICES")), reason="a GPU may be present")
+def test_cuda_without_a_gpu_is_refused(tmp_path):
+    done = _run(["generate", "--device", "cuda", "--output_path", str(tmp_path / "x.mp4")], tmp_path)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_subcommand_help(tmp_path, command):
+    done = _run([command, "-h"], tmp_path)
+    assert done.returncode == 0 and "usage: magi1" in done.stdout, done.stderr
+
+
+def test_serve_without_the_server_extra_names_it(tmp_path):
+    block = "import sys; sys.modules['fastapi'] = None; from magi1.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = _run(["serve"], tmp_path, code=block)
+    assert done.returncode == 2 and "pip install 'magi1[serve]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ valid edge cases are not refused
+@pytest.fixture(scope="module")
+def demo_config():
+    return load_config("demo")
+
+
+@pytest.mark.parametrize("fields, chunks", [
+    ({"num_frames": 4}, 1),                                    # one latent frame: one chunk
+    ({"num_frames": 1, "mode": "i2v"}, 1),                     # the image frame makes the chunk
+    ({"num_frames": 96, "chunk_prompts": {0: "a", 3: "b"}}, 4),  # a prompt for the last chunk
+    ({"num_frames": 24, "video": "array"}, 2),                 # a numpy video of any size is resized
+])
+def test_valid_edge_cases_pass(inputs, demo_config, fields, chunks):
+    fields = dict(fields)
+    if fields.get("mode") == "i2v":
+        fields["image"] = str(inputs / "still.png")
+    if fields.get("video") == "array":
+        fields["video"] = np.random.default_rng(0).integers(0, 256, (8, 50, 70, 3), dtype=np.uint8)
+    checked = check_run(demo_config, prompt="a ball", **fields)
+    assert checked.num_generated == chunks
+    r = checked.config.runtime_config
+    if checked.video is not None:
+        assert checked.video.shape == (8, r.video_size_h, r.video_size_w, 3)
+
+
+def test_python_api_refusals_are_input_errors(demo_config):
+    for fields, message in [({"num_frames": 2}, "no chunk"), ({"chunk_prompts": {7: "x"}}, "chunk 7"),
+                            ({"video": np.zeros((8, 64, 64), np.uint8)}, "(T, H, W, 3)"),
+                            ({"image": 3}, "file path, a PIL image"), ({"height": 8.0}, "whole number")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            check_run(demo_config, prompt="a ball", **fields)
