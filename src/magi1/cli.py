@@ -275,10 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_make_tiny_parser(subparsers)
     from .download import add_download_parser
+    from .memory.cli import add_plan_parser
     from .prompting.cli import add_enhance_parser
 
     add_enhance_parser(subparsers)
     add_download_parser(subparsers)
+    add_plan_parser(subparsers)
     return parser
 
 

@@ -144,6 +144,25 @@ def peak_memory_bytes(device) -> int | None:
     return None
 
 
+def allocated_memory_bytes(device) -> int | None:
+    """Accelerator memory held by live tensors now; None on CPU."""
+    if is_accelerator(device):
+        import torch
+
+        return int(torch.cuda.memory_allocated(device))
+    return None
+
+
+def free_memory_bytes(device) -> int | None:
+    """Memory the accelerator can still hand out (`cudaMemGetInfo`); None on CPU."""
+    if is_accelerator(device):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
 def reset_peak_memory(device) -> None:
     if is_accelerator(device):
         import torch

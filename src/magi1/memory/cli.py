@@ -1,0 +1,138 @@
+"""`magi1 plan`: the memory table of every offload mode for a config, without loading anything.
+
+Also the `--offload` / `--blocks_on_device` / `--weights` options of `magi1 generate`, and the plan it
+prints (and refuses with) before any weights load.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from .planner import (
+    DEFAULT_BLOCKS_ON_DEVICE,
+    OFFLOAD_MODES,
+    WEIGHT_FORMATS,
+    MemoryPlan,
+    MemoryPlanError,
+    RunShape,
+    choose_plan,
+    format_bytes,
+    parse_memory,
+    plan_every_mode,
+)
+
+TABLE_COLUMNS = ("mode", "DiT weights on device", "KV cache", "activations", "peak device", "peak host")
+
+
+def add_plan_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="print the memory each offload mode needs for a config (loads nothing)",
+        description="Predict peak device and host memory of a generation for every offload mode, and say which "
+                    "mode `--offload auto` would pick for the memory given.")
+    p.add_argument("--config_file", default="demo", help="official config JSON or preset name (4.5B_distill_quant, ...)")
+    p.add_argument("--memory", default=None,
+                   help="free device memory, e.g. 12GB (default: what the GPU reports free; none on a CPU-only machine)")
+    p.add_argument("--host_memory", default=None, help="free host memory, e.g. 64GB (default: not checked)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--num_frames", type=int, default=None)
+    p.add_argument("--window_size", type=int, default=None, help="chunks in flight (default: the config's)")
+    p.add_argument("--batch", type=int, default=1, help="videos denoised together")
+    p.add_argument("--dtype", default="bfloat16", help="compute dtype (default bfloat16, as on a GPU)")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                   help="fp8: quantise the transformer layers at load (*_quant configs already are)")
+    p.add_argument("--kv_offload", choices=["config", "on", "off"], default="config",
+                   help="KV cache rows in host memory (default: engine_config.kv_offload)")
+    p.add_argument("--blocks_on_device", type=int, action="append", default=None, metavar="K",
+                   help=f"block-offload rows to show (repeatable; default 1 and {DEFAULT_BLOCKS_ON_DEVICE})")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.set_defaults(func=run_plan)
+
+
+def add_offload_options(p) -> None:
+    """The generate command's placement flags."""
+    p.add_argument("--offload", choices=OFFLOAD_MODES + ("auto",), default="none",
+                   help="none: all on the device; model: each component on the device only while it runs; "
+                        "blocks: also stream the DiT's layers from host memory; auto: the fastest that fits")
+    p.add_argument("--blocks_on_device", type=int, default=DEFAULT_BLOCKS_ON_DEVICE, metavar="K",
+                   help=f"layers on the device at once with --offload blocks (default {DEFAULT_BLOCKS_ON_DEVICE})")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                   help="fp8: quantise a bf16 checkpoint's transformer layers at load (half the storage)")
+
+
+def _kv_offload_choice(value: str) -> bool | None:
+    return None if value == "config" else value == "on"
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    from ..runtime import free_memory_bytes
+
+    return free_memory_bytes(device)
+
+
+def plan_table(plans: list[MemoryPlan], free_device: int | None, free_host: int | None, *,
+               markdown: bool = False) -> str:
+    rows = []
+    for plan in plans:
+        kv_where = "host" if plan.kv_offload else "device"
+        fits = "" if free_device is None and free_host is None else ("yes" if plan.fits(free_device, free_host) else "no")
+        rows.append([plan.label, format_bytes(plan.dit_resident), f"{format_bytes(plan.kv_cache)} ({kv_where})",
+                     format_bytes(plan.dit_activations), format_bytes(plan.peak_device), format_bytes(plan.peak_host),
+                     fits])
+    header = list(TABLE_COLUMNS) + (["fits"] if rows and rows[0][-1] else [])
+    rows = [r[: len(header)] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
+
+
+def run_plan(args) -> int:
+    from ..config import ConfigError, load_config
+    from ..runtime import parse_dtype, pick_device
+
+    try:
+        config = load_config(args.config_file)
+        dtype = parse_dtype(args.dtype)
+        free_device = parse_memory(args.memory) if args.memory else free_device_memory(pick_device("auto"))
+        free_host = parse_memory(args.host_memory) if args.host_memory else None
+    except (ConfigError, ValueError) as err:
+        raise InputError(str(err)) from None
+    shape = RunShape.from_config(config, height=args.height, width=args.width, num_frames=args.num_frames,
+                                 window_size=args.window_size, batch=args.batch)
+    check_shape(config, shape)
+    kwargs = dict(dtype=dtype, weights=args.weights, kv_offload=_kv_offload_choice(args.kv_offload))
+    plans = plan_every_mode(config, shape, block_counts=args.blocks_on_device or (1, DEFAULT_BLOCKS_ON_DEVICE),
+                            **kwargs)
+    print(f"{args.config_file}: {shape.height}x{shape.width}, {shape.num_frames} frames, "
+          f"{shape.window_size} chunk(s) in flight, batch {shape.batch}, {str(dtype).replace('torch.', '')}")
+    print(plan_table(plans, free_device, free_host, markdown=args.markdown))
+    if free_device is None and free_host is None:
+        print("no device memory given (--memory) and no GPU seen: `--offload auto` would keep everything on the device")
+        return 0
+    try:
+        chosen = choose_plan(config, shape, free_device=free_device, free_host=free_host, **kwargs)
+    except MemoryPlanError as err:
+        print(f"--offload auto: {err}")
+        return 0
+    have = format_bytes(free_device) if free_device is not None else "unlimited"
+    print(f"--offload auto picks {chosen.label}: peak {format_bytes(chosen.peak_device)} of {have} device memory")
+    return 0
+
+
+def check_shape(config, shape: RunShape) -> None:
+    """Sizes the planner (and the sampler) can describe, in one plain sentence when not."""
+    r = config.runtime_config
+    for name, value in (("height", shape.height), ("width", shape.width)):
+        if value <= 0 or value % 16:
+            raise InputError(f"{name} must be a positive multiple of 16, got {value}")
+    if shape.num_frames <= 0:
+        raise InputError(f"num_frames must be positive, got {shape.num_frames}")
+    if shape.window_size <= 0 or r.num_steps % shape.window_size:
+        raise InputError(f"window_size must divide num_steps ({r.num_steps}), got {shape.window_size}")
+    if shape.batch <= 0:
+        raise InputError(f"batch must be positive, got {shape.batch}")
