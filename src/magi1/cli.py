@@ -56,8 +56,10 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the chunks already saved next to the output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .memory.cli import add_offload_options
     from .prompting.cli import add_generate_options
 
+    add_offload_options(p)
     add_generate_options(p)
     p.set_defaults(func=run_generate)
 
@@ -178,7 +180,8 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
         if output_rank:
             print(enhanced.describe(), flush=True)
     pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
-                                        special_tokens_path=args.special_tokens, parallel=ctx)
+                                        special_tokens_path=args.special_tokens, parallel=ctx,
+                                        offload=args.offload, blocks_on_device=args.blocks_on_device)
     report = pipe.generate_to_file(
         args.output_path,
         prompt=None if chunk_prompts else prompt,

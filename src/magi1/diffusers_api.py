@@ -95,6 +95,21 @@ class DiffusersConventions:
         return output if return_dict else (output.frames,)
 
     # ------------------------------------------------------------------ placement
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None):
+        """Keep each component (DiT layers, VAE, a device T5) in host memory except while it runs."""
+        return self.enable_offload("model", device=device)
+
+    def enable_block_offload(self, blocks_on_device: int = 2, device: str | torch.device | None = None):
+        """Stream the DiT's layers from host memory: at most `blocks_on_device` on the device at a time."""
+        return self.enable_offload("blocks", blocks_on_device=blocks_on_device, device=device)
+
+    def enable_offload(self, mode: str, *, blocks_on_device: int = 2, device=None):
+        """Switch to offload mode "none", "model" or "blocks" (docs/memory.md); the output does not change."""
+        from .memory.placement import enable_offload
+
+        enable_offload(self, mode, blocks_on_device=blocks_on_device, device=device)
+        return self
+
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
            torch_dtype: str | torch.dtype | None = None):
         """Move the DiT and the VAE (and T5, unless the config keeps it on the CPU) to `device` / `dtype`.

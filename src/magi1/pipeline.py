@@ -109,7 +109,8 @@ class MagiPipeline(DiffusersConventions):
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                         special_tokens_path: str | None = None, t5_device: str | None = None, parallel=None,
                         local_files_only: bool = False, cache_dir: str | Path | None = None,
-                        revision: str | None = None, token: str | bool | None = None) -> "MagiPipeline":
+                        revision: str | None = None, token: str | bool | None = None,
+                        offload: str = "none", blocks_on_device: int = 2) -> "MagiPipeline":
         """Build a pipeline, diffusers style.
 
         pretrained_model_name_or_path: a hub repository id with `variant` ("sand-ai/MAGI-1",
@@ -120,6 +121,8 @@ class MagiPipeline(DiffusersConventions):
         torch_dtype (alias dtype): weights and activations dtype; default bfloat16 on GPU, float32 on CPU.
         device_map: None (everything on `device`, default: the GPU when there is one) or one device name.
         special_tokens_path: the official special_tokens.npz; found by itself beside hub downloads.
+        offload: "none", "model", "blocks" (with blocks_on_device layers on the device) or "auto" (the
+            fastest the device's free memory holds, see docs/memory.md; refuses up front when none does).
         """
         from .checkpoint.loader import load_dit
         from .hub import resolve_pretrained
@@ -150,7 +153,16 @@ class MagiPipeline(DiffusersConventions):
         r = config.runtime_config
         from .parallel import is_text_rank, parallelize_dit
 
-        dit = load_dit(config, device=device, dtype=dtype, pp_rank=parallel.pp_rank if parallel else 0)
+        from .memory.placement import plan_for_run
+
+        plan = None
+        if offload != "none":
+            plan = plan_for_run(config, device=device, dtype=dtype, offload=offload, blocks_on_device=blocks_on_device)
+            offload, blocks_on_device = plan.mode, plan.blocks_on_device or blocks_on_device
+            logger.info("%s", plan.describe())
+        # An offloaded DiT loads into host memory: only the layers running come to the device.
+        dit = load_dit(config, device=device if offload == "none" else torch.device("cpu"), dtype=dtype,
+                       pp_rank=parallel.pp_rank if parallel else 0)
         parallelize_dit(dit, parallel)
         vae = None
         if _vae_present(config):
@@ -164,6 +176,9 @@ class MagiPipeline(DiffusersConventions):
         special = SpecialTokens.load(special_tokens_path) if special_tokens_path else None
         pipe = cls(config, dit, vae, text_encoder, device=device, special_tokens=special, parallel=parallel)
         pipe.variant, pipe.special_tokens_path = variant, special_tokens_path
+        pipe.memory_plan = plan
+        if offload != "none":
+            pipe.enable_offload(offload, blocks_on_device=blocks_on_device)
         return pipe
 
     @property

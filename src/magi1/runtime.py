@@ -170,6 +170,57 @@ def reset_peak_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+# ---------------------------------------------------------------------------------------------- copies
+def new_copy_stream(device):
+    """A side stream for host-to-device copies that overlap compute; None where streams do not exist."""
+    if is_accelerator(device):
+        import torch
+
+        return torch.cuda.Stream(device)
+    return None
+
+
+def on_stream(stream):
+    """Context manager running the enclosed work on `stream` (a no-op for None)."""
+    if stream is None:
+        return nullcontext()
+    import torch
+
+    return torch.cuda.stream(stream)
+
+
+def record_copy_done(stream):
+    """An event marking the copies issued on `stream` so far; None without streams."""
+    if stream is None:
+        return None
+    import torch
+
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def wait_for_copy(event, device, tensors=()) -> None:
+    """Make the compute stream wait for a copy event and tell the allocator it uses `tensors` there."""
+    if event is None:
+        return
+    import torch
+
+    current = torch.cuda.current_stream(device)
+    current.wait_event(event)
+    for tensor in tensors:
+        tensor.record_stream(current)
+
+
+def host_buffer(tensor):
+    """A host-memory copy of `tensor`, pinned when an accelerator exists (so copies to it can overlap)."""
+    import torch
+
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=accelerator_available())
+    out.copy_(tensor.detach())
+    return out
+
+
 def distributed_backend_for(device) -> str:
     return "nccl" if is_accelerator(device) else "gloo"
 

@@ -7,7 +7,8 @@ the memory there is: it reads no weights and touches no device. `plan_memory` pr
 
 Placements (fastest first):
   none    every component on the device for the whole run
-  model   each component (T5, DiT, VAE) on the device only while it runs; the others wait in host memory
+  model   the DiT's layers on the device only while the DiT runs, a device T5 only while it encodes;
+          they wait in host memory otherwise (the VAE, the DiT's embedders and final layer stay)
   blocks  as model, and the DiT's transformer layers themselves wait in (pinned) host memory: at most k
           consecutive layers are on the device, the next ones copied in ahead of use
 `kv_offload` (the official configs set it) puts the KV cache rows in host memory in every mode; the
@@ -183,8 +184,10 @@ def plan_memory(config: MagiConfig, shape: RunShape | None = None, *, dtype: tor
     t5_dev = t5 if t5_on_device else 0
     phases = {
         "text": t5_dev + (weights_.total + vae if everything else 0),
-        "denoise": dit_resident + kv_device + activations + latents + ((vae + t5_dev) if everything else 0),
-        "decode": vae + vae_act + kv_device + latents + (weights_.total + t5_dev if everything else 0),
+        "denoise": dit_resident + kv_device + activations + latents + vae + (t5_dev if everything else 0),
+        # The DiT's non-layer parts stay on the device (and, for blocks, the next call's prefetched layers).
+        "decode": vae + vae_act + kv_device + latents + (weights_.total + t5_dev if everything else
+                                                         dit_resident if offload == "blocks" else weights_.other_bytes),
     }
     peak_device = max(phases.values())
 
@@ -192,7 +195,7 @@ def plan_memory(config: MagiConfig, shape: RunShape | None = None, *, dtype: tor
     # with kv_offload, and a CPU-resident T5.
     host = 0 if t5_on_device and everything else t5
     if not everything:
-        host += weights_.total + vae
+        host += weights_.total
     if kv_offload:
         host += kv
     return MemoryPlan(offload, k, kv_offload, fp8, dit_resident, weights_.total, kv, activations, latents, vae,

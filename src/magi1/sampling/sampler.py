@@ -165,13 +165,15 @@ def replay_clean_chunks(model, config, plan: Sequence[ForwardStep], latent: torc
               step_size=step_size(step.substep))
 
 
-def _new_cache(model, tokens: int, batch: int = 1):
+def _new_cache(model, tokens: int, batch: int = 1, offload: bool = False):
+    """Fresh caches; with engine_config.kv_offload their rows live in host memory (pinned beside a GPU)."""
     from ..models.kv_cache import KVCache, KVCacheBatch  # imported late: the sampler itself needs no model code
 
     layers = getattr(model.config, "num_layers", None)
+    host = "cpu" if offload else None
     if batch == 1:
-        return KVCache(tokens, num_layers=layers)
-    return KVCacheBatch([KVCache(tokens, num_layers=layers) for _ in range(batch)])
+        return KVCache(tokens, num_layers=layers, offload_device=host)
+    return KVCacheBatch([KVCache(tokens, num_layers=layers, offload_device=host) for _ in range(batch)])
 
 
 def default_clean_rows(y: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +258,8 @@ def sample_chunks(
     intervals = step_intervals(num_steps, config.engine_config.shortcut_mode)
     distill = bool(getattr(model, "distill", config.engine_config.distill))
     ctn = (cw // m.t_patch_size) * (latent.shape[3] // m.patch_size) * (latent.shape[4] // m.patch_size)
-    cache = kv_cache if kv_cache is not None else _new_cache(model, n_chunks * ctn, batch)
+    cache = kv_cache if kv_cache is not None else _new_cache(model, n_chunks * ctn, batch,
+                                                             bool(config.engine_config.kv_offload))
     clean_t = torch.tensor([r.clean_t], dtype=torch.float32, device=device)
     nearly_clean_threshold = config.engine_config.distill_nearly_clean_chunk_threshold
 

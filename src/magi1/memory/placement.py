@@ -1,0 +1,93 @@
+"""Put a pipeline's weights where an offload mode says, and choose the mode for `--offload auto`.
+
+The plan comes from `planner`; this module obeys it: `enable_offload(pipe, "model" | "blocks")` parks the
+DiT's layers in host memory (`offload.HostCopies`) and hooks them so they come in to run; a T5 on the
+device leaves it after each encode. The VAE stays on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import InputError
+from .offload import ComponentSwapper, LayerStreamer
+from .planner import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, MemoryPlan, RunShape, choose_plan, plan_memory
+
+logger = logging.getLogger(__name__)
+
+
+def disable_offload(pipe) -> None:
+    """Bring everything back to the compute device and remove the hooks."""
+    for part in getattr(pipe, "_offload_parts", ()):
+        part.remove()
+    pipe._offload_parts = []
+    pipe.offload_mode = "none"
+
+
+def enable_offload(pipe, mode: str, *, blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE,
+                   device: torch.device | str | None = None) -> None:
+    """Switch `pipe` to an offload mode ("none", "model" or "blocks"); outputs do not change."""
+    if mode not in OFFLOAD_MODES:
+        raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    if getattr(pipe, "parallel", None) is not None and mode != "none":
+        raise InputError("weight offload runs in one process; under torchrun each rank keeps its own stage")
+    disable_offload(pipe)
+    compute = torch.device(device) if device is not None else torch.device(pipe.device)
+    if mode == "none":
+        pipe.dit.to(compute)
+        if pipe.vae is not None:
+            pipe.vae.to(compute)
+        return
+    swapper = ComponentSwapper(compute)
+    parts = [swapper]
+    if mode == "model":
+        # The transformer layers are 99% of the DiT; its embedders (the null caption the pipeline reads
+        # before the first call among them) and final layer stay on the device.
+        swapper.add_module("dit", pipe.dit.videodit_blocks, called_as=pipe.dit)
+    else:
+        parts.append(LayerStreamer(pipe.dit.videodit_blocks.layers, compute, blocks_on_device))
+    pipe.dit.to(compute)  # what is left: everything but the parked layers (placeholders move for free)
+    if pipe.vae is not None:  # the VAE (1.2 GB in bf16) stays on the device; decoding parks the DiT's layers
+        swapper.add_module("vae", pipe.vae, methods=("encode", "decode", "posterior"), park=False)
+    _unload_text_encoder_after_use(pipe.text_encoder)
+    pipe._offload_parts = parts
+    pipe.offload_mode = mode
+    pipe.blocks_on_device = blocks_on_device if mode == "blocks" else None
+
+
+def _unload_text_encoder_after_use(encoder) -> None:
+    """A T5 on the accelerator leaves it after each encode (reloaded on the next new prompt; cached ones
+    never run it again), as the official OFFLOAD_T5_CACHE does."""
+    from ..runtime import is_accelerator
+
+    if encoder is None or not is_accelerator(getattr(encoder, "device", "cpu")) or hasattr(encoder, "_offload_run"):
+        return
+    run = encoder._run_t5
+
+    def run_then_unload(prompt):
+        try:
+            return run(prompt)
+        finally:
+            encoder.unload()
+
+    encoder._offload_run = run
+    encoder._run_t5 = run_then_unload
+
+
+def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, offload: str,
+                 blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE, free_device: int | None = None) -> MemoryPlan:
+    """The plan a generation runs with: the one asked for, or for "auto" the fastest that fits.
+
+    Raises planner.MemoryPlanError (one sentence with the numbers) when "auto" finds nothing that fits.
+    """
+    from ..runtime import default_dtype_for, free_memory_bytes, is_accelerator
+
+    dtype = dtype or default_dtype_for(device)
+    shape = RunShape.from_config(config)
+    kwargs = dict(dtype=dtype, accelerator=is_accelerator(device))
+    if offload == "auto":
+        free = free_device if free_device is not None else free_memory_bytes(device)
+        return choose_plan(config, shape, free_device=free, **kwargs)
+    return plan_memory(config, shape, offload=offload, blocks_on_device=blocks_on_device, **kwargs)
