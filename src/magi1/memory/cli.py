@@ -6,21 +6,8 @@ prints (and refuses with) before any weights load.
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import InputError
-from .planner import (
-    DEFAULT_BLOCKS_ON_DEVICE,
-    OFFLOAD_MODES,
-    WEIGHT_FORMATS,
-    MemoryPlan,
-    MemoryPlanError,
-    RunShape,
-    choose_plan,
-    format_bytes,
-    parse_memory,
-    plan_every_mode,
-)
+from .modes import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, WEIGHT_FORMATS
 
 TABLE_COLUMNS = ("mode", "DiT weights on device", "KV cache", "activations", "peak device", "peak host")
 
@@ -63,14 +50,15 @@ def _kv_offload_choice(value: str) -> bool | None:
     return None if value == "config" else value == "on"
 
 
-def free_device_memory(device: torch.device) -> int | None:
+def free_device_memory(device) -> int | None:
     from ..runtime import free_memory_bytes
 
     return free_memory_bytes(device)
 
 
-def plan_table(plans: list[MemoryPlan], free_device: int | None, free_host: int | None, *,
-               markdown: bool = False) -> str:
+def plan_table(plans: list, free_device: int | None, free_host: int | None, *, markdown: bool = False) -> str:
+    from .planner import format_bytes
+
     rows = []
     for plan in plans:
         kv_where = "host" if plan.kv_offload else "device"
@@ -92,6 +80,7 @@ def plan_table(plans: list[MemoryPlan], free_device: int | None, free_host: int 
 def run_plan(args) -> int:
     from ..config import ConfigError, load_config
     from ..runtime import parse_dtype, pick_device
+    from .planner import MemoryPlanError, RunShape, choose_plan, format_bytes, parse_memory, plan_every_mode
 
     try:
         config = load_config(args.config_file)

@@ -37,9 +37,8 @@ from .sizes import (
     window_shape,
 )
 
-OFFLOAD_MODES = ("none", "model", "blocks")
-DEFAULT_BLOCKS_ON_DEVICE = 2  # the running layer and one prefetched: the copy overlaps the compute
-WEIGHT_FORMATS = ("auto", "bf16", "fp8")
+from .modes import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, WEIGHT_FORMATS  # noqa: F401  (re-exported)
+
 GIB = 1024**3
 
 
