@@ -117,3 +117,14 @@ def test_cli_block_offload_writes_the_same_video(tiny_model, tmp_path):
     assert "memory plan: offload blocks (k=1)" in run.stderr
     a, b = (load_video(path, 32, 32, 24, max_frames=None) for path in (reference, out))
     assert len(a) == len(b) == 48 and np.array_equal(a, b)
+
+
+def test_gpu_memory_benchmark_runs_its_tiny_configuration():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--device", "cpu"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith(("none", "blocks"))]
+    assert len(rows) == 3 and all(row[-1] == "yes" for row in rows)  # every mode: the same chunks

@@ -181,7 +181,8 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
             print(enhanced.describe(), flush=True)
     pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
                                         special_tokens_path=args.special_tokens, parallel=ctx,
-                                        offload=args.offload, blocks_on_device=args.blocks_on_device)
+                                        offload=args.offload, blocks_on_device=args.blocks_on_device,
+                                        weights=args.weights)
     report = pipe.generate_to_file(
         args.output_path,
         prompt=None if chunk_prompts else prompt,

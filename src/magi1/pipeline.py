@@ -110,7 +110,7 @@ class MagiPipeline(DiffusersConventions):
                         special_tokens_path: str | None = None, t5_device: str | None = None, parallel=None,
                         local_files_only: bool = False, cache_dir: str | Path | None = None,
                         revision: str | None = None, token: str | bool | None = None,
-                        offload: str = "none", blocks_on_device: int = 2) -> "MagiPipeline":
+                        offload: str = "none", blocks_on_device: int = 2, weights: str = "auto") -> "MagiPipeline":
         """Build a pipeline, diffusers style.
 
         pretrained_model_name_or_path: a hub repository id with `variant` ("sand-ai/MAGI-1",
@@ -123,6 +123,7 @@ class MagiPipeline(DiffusersConventions):
         special_tokens_path: the official special_tokens.npz; found by itself beside hub downloads.
         offload: "none", "model", "blocks" (with blocks_on_device layers on the device) or "auto" (the
             fastest the device's free memory holds, see docs/memory.md; refuses up front when none does).
+        weights: "fp8" stores a bf16 checkpoint's layers 1..L-2 in fp8 (half the bytes, bf16 compute).
         """
         from .checkpoint.loader import load_dit
         from .hub import resolve_pretrained
@@ -157,12 +158,22 @@ class MagiPipeline(DiffusersConventions):
 
         plan = None
         if offload != "none":
-            plan = plan_for_run(config, device=device, dtype=dtype, offload=offload, blocks_on_device=blocks_on_device)
+            plan = plan_for_run(config, device=device, dtype=dtype, offload=offload, blocks_on_device=blocks_on_device,
+                                weights=weights)
             offload, blocks_on_device = plan.mode, plan.blocks_on_device or blocks_on_device
             logger.info("%s", plan.describe())
-        # An offloaded DiT loads into host memory: only the layers running come to the device.
-        dit = load_dit(config, device=device if offload == "none" else torch.device("cpu"), dtype=dtype,
+        # An offloaded DiT loads into host memory (only the layers running come to the device); so does
+        # one to be stored in fp8, so the bf16 weights never sit on the device.
+        quantize = weights == "fp8" and not config.engine_config.fp8_quant
+        on_host = offload != "none" or quantize
+        dit = load_dit(config, device=torch.device("cpu") if on_host else device, dtype=dtype,
                        pp_rank=parallel.pp_rank if parallel else 0)
+        if quantize:
+            from .ops.fp8_storage import quantize_dit_weights
+
+            quantize_dit_weights(dit)
+            if offload == "none":
+                dit.to(device)
         parallelize_dit(dit, parallel)
         vae = None
         if _vae_present(config):

@@ -44,6 +44,8 @@ def add_offload_options(p) -> None:
                         "blocks: also stream the DiT's layers from host memory; auto: the fastest that fits")
     p.add_argument("--blocks_on_device", type=int, default=DEFAULT_BLOCKS_ON_DEVICE, metavar="K",
                    help=f"layers on the device at once with --offload blocks (default {DEFAULT_BLOCKS_ON_DEVICE})")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                   help="fp8: store a bf16 checkpoint's transformer layers in fp8 at load (half the bytes)")
 
 
 def _kv_offload_choice(value: str) -> bool | None:

@@ -71,8 +71,11 @@ def measure_denoising(model, config, y: torch.Tensor, masks: torch.Tensor, *, no
     cache = PeakTrackingCache(noise.shape[2] * 10**6, num_layers=config.model_config.num_layers,
                               offload_device=offload_device)
 
+    steps = []
+
     def run():
-        return [c for c in sample_chunks(model, config, y, masks, noise, kv_cache=cache, progress=False)]
+        return [c for c in sample_chunks(model, config, y, masks, noise, kv_cache=cache, progress=False,
+                                         callback=lambda step, latent: steps.append(step.index))]
 
     chunks, peak = peak_bytes_during(run, device)
-    return {"peak_bytes": peak, "kv_peak_bytes": cache.peak_bytes, "chunks": chunks}
+    return {"peak_bytes": peak, "kv_peak_bytes": cache.peak_bytes, "chunks": chunks, "steps": len(steps)}

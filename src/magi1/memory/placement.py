@@ -77,7 +77,8 @@ def _unload_text_encoder_after_use(encoder) -> None:
 
 
 def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, offload: str,
-                 blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE, free_device: int | None = None) -> MemoryPlan:
+                 blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE, free_device: int | None = None,
+                 weights: str = "auto") -> MemoryPlan:
     """The plan a generation runs with: the one asked for, or for "auto" the fastest that fits.
 
     Raises planner.MemoryPlanError (one sentence with the numbers) when "auto" finds nothing that fits.
@@ -86,7 +87,7 @@ def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, off
 
     dtype = dtype or default_dtype_for(device)
     shape = RunShape.from_config(config)
-    kwargs = dict(dtype=dtype, accelerator=is_accelerator(device))
+    kwargs = dict(dtype=dtype, accelerator=is_accelerator(device), weights=weights)
     if offload == "auto":
         free = free_device if free_device is not None else free_memory_bytes(device)
         return choose_plan(config, shape, free_device=free, **kwargs)
