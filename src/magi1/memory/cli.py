@@ -94,7 +94,10 @@ def run_plan(args) -> int:
     shape = RunShape.from_config(config, height=args.height, width=args.width, num_frames=args.num_frames,
                                  window_size=args.window_size, batch=args.batch)
     check_shape(config, shape)
-    kwargs = dict(dtype=dtype, weights=args.weights, kv_offload=_kv_offload_choice(args.kv_offload))
+    from .placement import components_for
+
+    kwargs = dict(dtype=dtype, weights=args.weights, kv_offload=_kv_offload_choice(args.kv_offload),
+                  components=components_for(config))
     plans = plan_every_mode(config, shape, block_counts=args.blocks_on_device or (1, DEFAULT_BLOCKS_ON_DEVICE),
                             **kwargs)
     print(f"{args.config_file}: {shape.height}x{shape.width}, {shape.num_frames} frames, "

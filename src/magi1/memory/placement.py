@@ -13,7 +13,16 @@ import torch
 
 from ..errors import InputError
 from .offload import ComponentSwapper, LayerStreamer
-from .planner import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, MemoryPlan, RunShape, choose_plan, plan_memory
+from .planner import (
+    DEFAULT_BLOCKS_ON_DEVICE,
+    OFFLOAD_MODES,
+    Components,
+    MemoryPlan,
+    RunShape,
+    choose_plan,
+    plan_memory,
+)
+from .sizes import t5_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +85,32 @@ def _unload_text_encoder_after_use(encoder) -> None:
     encoder._run_t5 = run_then_unload
 
 
+def components_for(config) -> Components:
+    """The T5 and VAE sizes of the folders the config names, where they can be read; else the official ones."""
+    import json
+
+    found = {}
+    try:
+        from ..models.vae import ViTVAE, load_vae_config
+
+        vae_config = load_vae_config(config.resolve_path(config.runtime_config.vae_pretrained))
+        with torch.device("meta"):
+            vae = ViTVAE(vae_config)
+        found.update(vae_parameters=sum(p.numel() for p in vae.parameters()), vae_width=vae_config.embed_dim)
+    except Exception:  # noqa: BLE001 - not downloaded yet (or not readable): plan with the official VAE
+        pass
+    try:
+        from ..models.text_encoder import resolve_t5_folder
+
+        folder = resolve_t5_folder(config.resolve_path(config.runtime_config.t5_pretrained))
+        t5 = json.loads((folder / "config.json").read_text())
+        found["t5_parameters"] = t5_parameters(t5["d_model"], t5["d_ff"], t5["num_layers"], t5["num_heads"],
+                                               t5["d_kv"], t5["vocab_size"])
+    except Exception:  # noqa: BLE001 - likewise: the official T5-XXL
+        pass
+    return Components(**found)
+
+
 def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, offload: str,
                  blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE, free_device: int | None = None,
                  weights: str = "auto") -> MemoryPlan:
@@ -87,7 +122,7 @@ def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, off
 
     dtype = dtype or default_dtype_for(device)
     shape = RunShape.from_config(config)
-    kwargs = dict(dtype=dtype, accelerator=is_accelerator(device), weights=weights)
+    kwargs = dict(dtype=dtype, accelerator=is_accelerator(device), weights=weights, components=components_for(config))
     if offload == "auto":
         free = free_device if free_device is not None else free_memory_bytes(device)
         return choose_plan(config, shape, free_device=free, **kwargs)
