@@ -128,3 +128,16 @@ def test_gpu_memory_benchmark_runs_its_tiny_configuration():
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines() if line.startswith(("none", "blocks"))]
     assert len(rows) == 3 and all(row[-1] == "yes" for row in rows)  # every mode: the same chunks
+
+
+def test_generate_offload_auto_refuses_up_front_when_nothing_fits(tiny_model, tmp_path, monkeypatch, capsys):
+    import magi1.runtime
+    from magi1.cli import main
+
+    monkeypatch.setattr(magi1.runtime, "free_memory_bytes", lambda device: 64 * 1024)  # a 64 KiB "GPU"
+    out = tmp_path / "never.mp4"
+    code = main(["generate", "--config_file", str(tiny_model), "--num_frames", "48", "--device", "cpu",
+                 "--offload", "auto", "--output_path", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit" in err and "0.1 MiB free on the device" in err, err
+    assert not out.exists()
