@@ -276,7 +276,7 @@ class MagiPipeline(DiffusersConventions):
                output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
                callback: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
                resume_state: "ResumeState | None" = None,
-               on_state: Callable[["ResumeState"], None] | None = None) -> Iterator[ChunkOutput]:
+               on_state: Callable[["ResumeState"], None] | None = None, live_prompts=None) -> Iterator[ChunkOutput]:
         """Yield each generated chunk of one video as soon as it is clean (decoded unless output_type == "latent").
 
         `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
@@ -286,6 +286,7 @@ class MagiPipeline(DiffusersConventions):
         negative_prompt, guidance_scale, prev_chunk_guidance_scale: as in `__call__` (docs/python-api.md).
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
+        live_prompts: a LivePrompts (sampling/live_prompts.py) whose changes caption every chunk not yet started.
         """
         if isinstance(prompt, (list, tuple)):
             raise InputError("stream() makes one video; give several prompts to pipe(...) (a batch)")
@@ -298,7 +299,7 @@ class MagiPipeline(DiffusersConventions):
                 generator=None if generator is None else [generator], latents=latents,
                 guidance_scale=guidance_scale, prev_chunk_guidance_scale=prev_chunk_guidance_scale,
                 output_type=output_type, keep_aspect=keep_aspect, progress=progress, callback=callback,
-                should_stop=should_stop, resume_state=resume_state, on_state=on_state):
+                should_stop=should_stop, resume_state=resume_state, on_state=on_state, live_prompts=live_prompts):
             frames = None if chunk.frames is None else chunk.frames[0]
             yield ChunkOutput(index=chunk.index, num_chunks=chunk.num_chunks, latents=chunk.latents, frames=frames)
 
@@ -310,7 +311,7 @@ class MagiPipeline(DiffusersConventions):
                      prev_chunk_guidance_scale: float | None = None, output_type: str = "np",
                      keep_aspect: bool = False, progress: bool = False, callback=None, should_stop=None,
                      resume_state=None, on_state=None, step_callback=None,
-                     interrupt: Callable[[], bool] | None = None) -> Iterator[BatchChunkOutput]:
+                     interrupt: Callable[[], bool] | None = None, live_prompts=None) -> Iterator[BatchChunkOutput]:
         """Yield each generated chunk of B = len(prompts) videos, denoised together, as soon as it is clean.
 
         Every DiT call carries all B videos (own caption rows, noise and KV cache each); chunk.latents is
@@ -326,6 +327,7 @@ class MagiPipeline(DiffusersConventions):
         from .sampling.sampler import batch_noise, chunk_counts, emitted_frames, sample_chunks
         from .preview import window_clean_estimate
         from .sampling.schedule import time_grid
+        from .live_conditioning import pipeline_caption_rows
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -408,9 +410,11 @@ class MagiPipeline(DiffusersConventions):
             replayed = [resume_state.latent[:, :, slice(*emitted_frames(clean_chunks + i, r.chunk_width,
                                                                           prefix_frames))]
                         for i in range(resume_state.finished_chunks)]
+        live = None if live_prompts is None else pipeline_caption_rows(
+            self, live_prompts, prompts, chunk_prompts, prompt_embeds, num_generated, clean_chunks)
         chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix,
                                progress=progress and is_output_rank(self.parallel), callback=on_step,
-                               resume_from=resume_from, clean_rows=clean_rows, stop=interrupt)
+                               resume_from=resume_from, clean_rows=clean_rows, stop=interrupt, caption_rows=live)
         for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
             if output_type != "latent":  # one video at a time: each decodes exactly as its single run does

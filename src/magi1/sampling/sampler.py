@@ -33,6 +33,8 @@ from .guidance import (
 from .schedule import distill_step_size, step_intervals, time_grid
 
 StepCallback = Callable[[ForwardStep, torch.Tensor], "torch.Tensor | None"]
+# chunk index -> the conditional caption rows (B, Lc, Ct) and masks (B, Lc) to use for it instead, or None.
+CaptionRows = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -203,6 +205,7 @@ def sample_chunks(
     resume_from: tuple[int, torch.Tensor] | None = None,
     clean_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     stop: Callable[[], bool] | None = None,
+    caption_rows: CaptionRows | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (B, 16, <=cw, h, w) float32 of each generated chunk, in order, as soon as clean.
 
@@ -227,6 +230,9 @@ def sample_chunks(
       something else (a negative prompt), so the cache still holds what the official code caches.
     stop(): asked before every step; when true the generator ends there (after yielding everything the
       steps before finished), e.g. diffusers' `pipe._interrupt`.
+    caption_rows(chunk): asked once for each chunk, in order, just before it first enters the denoising
+      window (as late as its caption can still be chosen, e.g. by a prompt changed live); rows it returns
+      replace the conditional rows y[0, :, chunk] and masks[0, :, chunk] for every step of that chunk.
     """
     r, m = config.runtime_config, model.config
     cw, num_steps = r.chunk_width, r.num_steps
@@ -276,6 +282,10 @@ def sample_chunks(
             if release_cache and hasattr(cache, "release_before"):
                 cache.release_before(plan[start - 1].keep_from * ctn)
 
+    if caption_rows is not None:
+        y, masks = y.clone(), masks.clone()  # rows are replaced below; the caller's tensors stay as given
+    entered = max([offset] + [s.chunk_end for s in plan[:start]])  # chunks [0, entered) have their captions
+
     bar = _progress(len(plan), progress)
     bar.update(start)
     try:
@@ -283,6 +293,12 @@ def sample_chunks(
             if stop is not None and stop():
                 return
             first, end = step.slice_point, step.chunk_end
+            if caption_rows is not None:
+                for chunk in range(entered, end):
+                    rows = caption_rows(chunk)
+                    if rows is not None:
+                        y[0, :, chunk], masks[0, :, chunk] = rows[0].to(y), rows[1].to(masks)
+            entered = max(entered, end)
             t = grid[list(step.chunk_steps)][None]
             call_y, call_masks = y[:, :, step.chunk_start : end], masks[:, :, step.chunk_start : end]
             if step.extra_clean_chunk:
