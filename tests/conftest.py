@@ -25,3 +25,13 @@ def tiny_pipeline(tiny_model):
     from magi1.pipeline import MagiPipeline
 
     return MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def magi1_server(tmp_path_factory):
+    """One real `magi1 serve` subprocess (demo model) for every client-library test (tests/served_magi1.py)."""
+    from served_magi1 import start, stop
+
+    served = start(tmp_path_factory.mktemp("magi1_serve"))
+    yield served
+    stop(served)

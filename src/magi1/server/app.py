@@ -11,6 +11,7 @@ Routes (all JSON errors look like {"detail": "a sentence"}):
   GET    /v1/jobs/{id}/chunks/{k}     the mp4 of generated chunk k (also as {k}.mp4), as soon as it is done
   POST   /v1/jobs/{id}/cancel         stop a queued or running job; the chunks it finished are kept
   DELETE /v1/jobs/{id}                cancel if needed, then remove the job and its files
+  /v1/videos..., /v1/models            the OpenAI-style Videos API on the same queue (videos_api.py)
 Clients never name files: job ids are server-made random hex looked up in memory, chunk indices are integers.
 """
 
@@ -35,6 +36,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .job_request import UPLOAD_FIELD, BadRequest, parse_job_fields
 from .jobs import Job, JobState, JobStore, ModelUnavailable, QueueFull
 from .middleware import BodySizeLimit, SameOriginWrites, SecurityHeaders
+from .openai_errors import ApiError, handle_api_error
 from .settings import LOOPBACK_HOSTS, MiB, ServerSettings
 from .uploads import UploadRejected, check_upload
 
@@ -47,8 +49,14 @@ COPY_BLOCK = 1 * MiB
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None) -> FastAPI:
-    """The ASGI app; `pipeline_factory()` is called once, in the worker thread, to load the model."""
+def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None,
+               model_id: str = "magi1") -> FastAPI:
+    """The ASGI app; `pipeline_factory()` is called once, in the worker thread, to load the model.
+
+    model_id: the name /v1/models gives the model (OpenAI-style clients send it as `model`).
+    """
+    from .videos_api import videos_router
+
     settings = settings or ServerSettings()
     store = JobStore(settings, pipeline_factory)
 
@@ -70,6 +78,8 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(ApiError, handle_api_error)  # the OpenAI error envelope (openai_errors.py)
+    app.include_router(videos_router(store, settings, model_id))
 
     def find_job(job_id: str) -> Job:
         job = store.get(job_id)
@@ -343,7 +353,7 @@ def main_serve(args) -> int:
         return MagiPipeline.from_pretrained(config, device=args.device, dtype=args.dtype,
                                             special_tokens_path=special_tokens)
 
-    app = create_app(load_pipeline, settings)
+    app = create_app(load_pipeline, settings, model_id=f"magi1-{Path(str(args.config_file)).stem}")
     shown_host = f"[{host}]" if ":" in host else host
     logger.info("magi1 serve: open http://%s:%d/ (model loading in the background)", shown_host, args.port)
     try:

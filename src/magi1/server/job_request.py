@@ -14,7 +14,7 @@ from .settings import ServerSettings
 
 MODES = ("t2v", "i2v", "v2v")
 INT_FIELDS = ("num_frames", "height", "width", "steps", "seed")
-KNOWN_FIELDS = ("mode", "prompt", "chunk_prompts", "keep_aspect", *INT_FIELDS)
+KNOWN_FIELDS = ("mode", "prompt", "chunk_prompts", "negative_prompt", "keep_aspect", *INT_FIELDS)
 MAX_SEED = 2**63 - 1
 UPLOAD_FIELD = "file"
 
@@ -37,6 +37,8 @@ class JobRequest:
     seed: int | None = None
     keep_aspect: bool = False
     input_name: str | None = None                  # server-chosen name of the upload inside the job folder
+    negative_prompt: str | None = None             # replaces the null caption of the unconditional passes
+    video_api: dict | None = None                  # what the Videos API recorded (videos_api.py), else None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -50,7 +52,7 @@ class JobRequest:
         values = {k: data.get(k) for k in KNOWN_FIELDS if k in data}
         if values.get("chunk_prompts") is not None:
             values["chunk_prompts"] = {int(k): str(v) for k, v in values["chunk_prompts"].items()}
-        return cls(**values, input_name=data.get("input_name"))
+        return cls(**values, input_name=data.get("input_name"), video_api=data.get("video_api"))
 
     def pipeline_kwargs(self) -> dict:
         """Arguments for `pipeline.stream` (without the conditioning file, which the job store adds)."""
@@ -63,6 +65,8 @@ class JobRequest:
             "num_inference_steps": self.steps,
             "seed": self.seed,
             "keep_aspect": self.keep_aspect,
+            # only when given, so a pipeline without negative prompts still runs everything else
+            **({"negative_prompt": self.negative_prompt} if self.negative_prompt else {}),
         }
 
 
@@ -79,6 +83,7 @@ def parse_job_fields(fields: Mapping[str, Any], settings: ServerSettings, *, upl
     ints = {name: _int(fields.get(name), name) for name in INT_FIELDS}
     _check_limits(ints, settings)
     return JobRequest(mode=mode, prompt=prompt, chunk_prompts=chunk_prompts,
+                      negative_prompt=_text(fields.get("negative_prompt"), "negative_prompt", settings),
                       keep_aspect=_bool(fields.get("keep_aspect")), **ints)
 
 

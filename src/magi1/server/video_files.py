@@ -1,0 +1,153 @@
+"""Files behind the Videos API: request bodies in OpenAI's shapes, uploads given inline, and extensions.
+
+An extension (POST /v1/videos/extensions) continues a video: the job conditions on the video's last
+EXTENSION_CONTEXT_FRAMES frames (v2v) and, once done, its content is the whole video followed by the
+continuation ("stitched", as OpenAI's extensions are), built once on first download.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from pathlib import Path
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .openai_errors import ApiError, invalid
+from .settings import ServerSettings
+from .uploads import check_upload
+from .video_request import EXTENSION_CONTEXT_FRAMES
+
+MAX_FORM_FIELDS = 64
+SOURCE_FILE = "source.mp4"        # an extension's whole source video, at the extension's size and fps
+STITCHED_FILE = "stitched.mp4"    # source + continuation: what an extension's content is
+THUMBNAIL_FILE = "thumbnail.png"
+_stitch_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+async def read_body(request: Request, file_fields: tuple[str, ...]) -> tuple[dict, dict[str, UploadFile]]:
+    """Fields and files of a multipart form (as the `openai` package sends) or a JSON object.
+
+    The `openai` package flattens nested values the way `qs` does: {"video": {"id": x}} arrives as the
+    form field `video[id]`, a list as repeated `chunk_prompts[]`; both are folded back here.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise invalid("the body is not valid JSON", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise invalid("the JSON body must be an object", code="invalid_json")
+        return body, {}
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, "send multipart/form-data or JSON", code="unsupported_media_type")
+    form = await request.form(max_files=len(file_fields), max_fields=MAX_FORM_FIELDS)
+    fields: dict = {}
+    files: dict[str, UploadFile] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in file_fields:
+                raise invalid(f"files go in {' or '.join(file_fields)}, not {key[:40]!r}", param=key[:40])
+            if value.filename or (value.size or 0) > 0:
+                files[key] = value
+            continue
+        name, _, rest = key.partition("[")
+        if not rest:
+            if name in fields:
+                raise invalid(f"field {name[:40]!r} was sent twice", param=name[:40])
+            fields[name] = value
+        elif rest == "]":
+            fields.setdefault(name, [])
+            if not isinstance(fields[name], list):
+                raise invalid(f"field {name[:40]!r} was sent twice", param=name[:40])
+            fields[name].append(value)
+        else:
+            fields.setdefault(name, {})
+            if not isinstance(fields[name], dict):
+                raise invalid(f"field {name[:40]!r} was sent twice", param=name[:40])
+            fields[name][rest.rstrip("]")] = value
+    return fields, files
+
+
+def decode_data_url(value, param: str) -> bytes:
+    """The bytes of a base64 data URL; other URLs are refused (the server fetches nothing)."""
+    if not isinstance(value, str) or not value.startswith("data:") or ";base64," not in value[:200]:
+        raise invalid(f"{param} must be a base64 data URL (data:image/png;base64,...); this server does not "
+                      "fetch remote URLs", param=param, code="unsupported_value")
+    try:
+        return base64.b64decode(value.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{param} is not valid base64", param=param) from None
+
+
+def store_bytes(data: bytes, folder: Path, settings: ServerSettings):
+    """Like app.save_and_check_upload, for bytes given inline; returns the CheckedUpload."""
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, f"the upload is larger than {settings.max_upload_bytes} bytes", code="file_too_large")
+    received = folder / "upload.part"
+    received.write_bytes(data)
+    checked = check_upload(received, settings)
+    received.rename(folder / f"input{checked.suffix}")
+    return checked
+
+
+def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: int, keep_aspect: bool) -> int:
+    """Write the job's conditioning (input.mp4: the source's last frames) and its source.mp4; frames of the source."""
+    from magi1.io.video import load_video, write_video
+
+    frames = load_video(source, height, width, fps, max_frames=None, keep_aspect=keep_aspect)
+    write_video(folder / SOURCE_FILE, frames, fps)
+    write_video(folder / "input.mp4", frames[-EXTENSION_CONTEXT_FRAMES:], fps)
+    return len(frames)
+
+
+def stitched_video(folder: Path, fps: int) -> Path:
+    """The extension's whole video: its source, then its continuation (built once, then served from disk)."""
+    target = folder / STITCHED_FILE
+    with _lock_for(str(folder)):
+        if not target.is_file():
+            from magi1.io.video import VideoWriter
+
+            with VideoWriter(target, fps=fps) as writer:
+                for name in (SOURCE_FILE, "video.mp4"):
+                    writer.append(decode_all(folder / name))
+    return target
+
+
+def thumbnail(video: Path) -> Path:
+    """A PNG of the video's first frame, next to it."""
+    from PIL import Image
+
+    target = video.parent / THUMBNAIL_FILE
+    with _lock_for(str(target)):
+        if not target.is_file():
+            import av
+
+            with av.open(str(video)) as container:
+                frame = next(container.decode(video=0))
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(target)
+    return target
+
+
+def frame_count(video: Path) -> int:
+    import av
+
+    with av.open(str(video)) as container:
+        return sum(1 for _ in container.demux(video=0) if _.size)
+
+
+def decode_all(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _stitch_locks.setdefault(key, threading.Lock())

@@ -1,0 +1,307 @@
+"""The OpenAI-style Videos API on the server's one job queue (what the `openai` package's client.videos calls).
+
+  POST   /v1/videos                 create (multipart or JSON; input_reference image -> i2v)  -> the video object
+  GET    /v1/videos                 list, newest first (after, limit, order)
+  GET    /v1/videos/{id}            retrieve (header openai-poll-after-ms tells create_and_poll how often)
+  DELETE /v1/videos/{id}            cancel if needed and remove
+  GET    /v1/videos/{id}/content    the mp4 (variant=thumbnail: a PNG of the first frame)
+  POST   /v1/videos/extensions      continue a finished video (its id, or an uploaded mp4): MAGI-1's v2v
+  POST   /v1/videos/sync            create and wait: the mp4 itself, with Server-Timing (queue, generate)
+  GET    /v1/models                 the loaded model, with its limits under "magi1"
+Every job is also a /v1/jobs job (and the reverse): ids are "video_" + the job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from . import video_files
+from .jobs import Job, JobState, JobStore, ModelUnavailable, QueueFull
+from .openai_errors import ApiError, invalid, not_found
+from .settings import ServerSettings
+from .uploads import UploadRejected
+from .video_request import ModelLimits, model_limits, parse_video_request, seconds_of, seconds_text
+
+ID_PREFIX = "video_"
+NO_STORE = {"Cache-Control": "no-store"}
+STATUS = {"queued": "queued", "running": "in_progress", "done": "completed", "failed": "failed",
+          "cancelled": "failed"}
+POLL_AFTER_MS = "500"
+MAX_LIST = 100
+
+
+def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visible=None) -> APIRouter:
+    """visible(request, job) -> bool decides which jobs a caller may see (keys); everyone sees all without it."""
+    router = APIRouter(tags=["videos (OpenAI-style)"])
+    frames_cache: dict[str, int] = {}
+
+    def limits() -> ModelLimits:
+        if store.model_state == "failed":
+            raise ApiError(503, f"the model failed to load: {store.model_error}", code="model_unavailable")
+        if store.pipeline is None:
+            raise ApiError(503, "the model is still loading; try again in a few seconds", code="model_loading",
+                           headers={"Retry-After": "5"})
+        return model_limits(store.pipeline, settings)
+
+    def find(request: Request, video_id: str) -> Job:
+        job = store.get(video_id[len(ID_PREFIX):]) if video_id.startswith(ID_PREFIX) else None
+        if job is None or (visible is not None and not visible(request, job)):
+            raise not_found(video_id)  # 404 for another key's video too, so ids do not leak
+        return job
+
+    def content_path(job: Job) -> "video_files.Path":
+        state = store.snapshot(job)
+        if not (state["has_video"] and job.video_path.is_file()):
+            status = STATUS[state["state"]]
+            reason = {"queued": "it is queued", "in_progress": "it is still being made"}.get(
+                status, "it has no video: " + str(state["error"] or "it was cancelled before any chunk finished"))
+            raise ApiError(409, f"video {ID_PREFIX}{job.id} has no content yet: {reason}", param="video_id",
+                           code="video_not_ready")
+        meta = job.request.video_api or {}
+        if meta.get("stitched"):
+            return video_files.stitched_video(job.folder, state["fps"] or limits().fps)
+        return job.video_path
+
+    def view(job: Job) -> dict:
+        record = store.snapshot(job)
+        return video_object(record, job, model_id, settings, frames_cache)
+
+    async def submit(job: Job, prepared) -> JSONResponse:
+        await run_in_threadpool(check_with_model, store.pipeline, prepared.job)
+        prepared.job.video_api = prepared.meta
+        try:
+            store.submit(job, prepared.job)
+        except QueueFull as err:
+            raise ApiError(429, str(err), code="queue_full", headers={"Retry-After": "10"}) from None
+        except ModelUnavailable as err:
+            raise ApiError(503, str(err), code="model_unavailable") from None
+        return JSONResponse(view(job), headers=NO_STORE)
+
+    async def reserved(work):
+        """Run work(job) on a fresh reservation, releasing it when the request is refused."""
+        try:
+            job = store.reserve()
+        except QueueFull as err:
+            raise ApiError(429, str(err), code="queue_full", headers={"Retry-After": "10"}) from None
+        except ModelUnavailable as err:
+            raise ApiError(503, str(err), code="model_unavailable") from None
+        try:
+            return await work(job)
+        except UploadRejected as err:
+            store.release(job)
+            raise ApiError(err.status, str(err), code="invalid_file") from None
+        except BaseException:
+            if store.get(job.id) is None:
+                store.release(job)
+            raise
+
+    async def create_video(request: Request) -> tuple[Job, JSONResponse]:
+        model = limits()
+        fields, files = await video_files.read_body(request, ("input_reference",))
+        reference = fields.pop("input_reference", None)
+
+        async def work(job: Job):
+            upload_kind, input_name = None, None
+            if "input_reference" in files:
+                from .app import save_and_check_upload
+
+                checked = await save_and_check_upload(files["input_reference"], job, settings)
+                upload_kind, input_name = checked.kind, f"input{checked.suffix}"
+            elif reference not in (None, ""):
+                if not isinstance(reference, dict) or "image_url" not in reference:
+                    raise invalid("input_reference must be an image file or {\"image_url\": a data URL} "
+                                  "(file_id is not supported here)", param="input_reference",
+                                  code="unsupported_value")
+                data = video_files.decode_data_url(reference["image_url"], "input_reference.image_url")
+                checked = await run_in_threadpool(video_files.store_bytes, data, job.folder, settings)
+                upload_kind, input_name = checked.kind, f"input{checked.suffix}"
+            if upload_kind == "video":
+                raise invalid("input_reference must be an image; to continue a video use POST "
+                              "/v1/videos/extensions", param="input_reference", code="unsupported_value")
+            prepared = parse_video_request(fields, model, settings, model_id=model_id, kind="create",
+                                           upload_kind=upload_kind)
+            prepared.job.input_name = input_name
+            return job, await submit(job, prepared)
+
+        return await reserved(work)
+
+    @router.post("/v1/videos", summary="Create a video (t2v, or i2v with input_reference)")
+    async def create(request: Request):
+        return (await create_video(request))[1]
+
+    @router.post("/v1/videos/extensions", summary="Continue a finished video (MAGI-1 video continuation)")
+    async def extend(request: Request):
+        model = limits()
+        fields, files = await video_files.read_body(request, ("video",))
+        source_ref = fields.pop("video", None)
+
+        async def work(job: Job):
+            if "video" in files:
+                from .app import save_and_check_upload
+
+                checked = await save_and_check_upload(files["video"], job, settings)
+                if checked.kind != "video":
+                    raise invalid("video must be an mp4 (or another video) or {\"id\": a video id}", param="video")
+                source, size, source_id = job.folder / f"input{checked.suffix}", None, None
+            elif isinstance(source_ref, dict) and isinstance(source_ref.get("id"), str):
+                earlier = find(request, source_ref["id"])
+                source = await run_in_threadpool(content_path, earlier)
+                size = (earlier.request.video_api or {}).get("size") or \
+                    f"{earlier.request.width or model.default_width}x{earlier.request.height or model.default_height}"
+                source_id = ID_PREFIX + earlier.id
+            else:
+                raise invalid("video is required: {\"id\": a completed video's id} or an uploaded mp4",
+                              param="video", code="missing_required_parameter")
+            if size is not None and "size" not in fields:
+                fields["size"] = size  # an extension keeps its video's size unless asked otherwise
+            prepared = parse_video_request(fields, model, settings, model_id=model_id, kind="extension",
+                                           upload_kind="video")
+            request_job = prepared.job
+            source_frames = await run_in_threadpool(
+                video_files.prepare_extension, source, job.folder, request_job.width, request_job.height,
+                model.fps, request_job.keep_aspect)
+            if source.parent == job.folder and source.name != "input.mp4":
+                source.unlink(missing_ok=True)
+            request_job.input_name = "input.mp4"
+            source_seconds = seconds_of(source_frames, model.fps)
+            prepared.meta.update(extends=source_id, stitched=True, source_seconds=source_seconds,
+                                 seconds=seconds_text(source_seconds + float(prepared.meta["seconds"])))
+            return await submit(job, prepared)
+
+        return await reserved(work)
+
+    @router.post("/v1/videos/sync", summary="Create a video and wait: the mp4 itself, with timing headers")
+    async def create_sync(request: Request):
+        job, _ = await create_video(request)
+        while not job.state.finished:
+            if await request.is_disconnected():
+                store.cancel(job)  # nobody is waiting for it any more
+                raise ApiError(499, "the client went away")
+            await asyncio.sleep(0.05)
+        state = store.snapshot(job)
+        if not state["has_video"]:
+            raise ApiError(500, f"the video failed: {state['error'] or 'cancelled'}", code="generation_failed",
+                           headers={"X-Video-Id": ID_PREFIX + job.id})
+        path = await run_in_threadpool(content_path, job)
+        queued = (state["started_at"] or state["created_at"]) - state["created_at"]
+        generated = state["finished_at"] - (state["started_at"] or state["finished_at"])
+        timing = f"queue;dur={queued * 1000:.0f}, generate;dur={generated * 1000:.0f}"
+        return FileResponse(path, media_type="video/mp4", headers={"X-Video-Id": ID_PREFIX + job.id,
+                                                                   "Server-Timing": timing, **NO_STORE})
+
+    @router.get("/v1/videos", summary="List videos")
+    def list_videos(request: Request, after: str | None = None, limit: str | None = None, order: str = "desc"):
+        if order not in ("asc", "desc"):
+            raise invalid(f"order must be asc or desc, got {order[:10]!r}", param="order")
+        count = 20 if limit in (None, "") else _limit(limit)
+        jobs = [j for j in store.list() if visible is None or visible(request, j)]
+        if order == "asc":
+            jobs.reverse()
+        if after:
+            ids = [ID_PREFIX + j.id for j in jobs]
+            if after not in ids:
+                raise not_found(after)
+            jobs = jobs[ids.index(after) + 1:]
+        page, more = jobs[:count], len(jobs) > count
+        data = [view(j) for j in page]
+        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None, "has_more": more}, headers=NO_STORE)
+
+    @router.get("/v1/videos/{video_id}", summary="Retrieve a video")
+    def retrieve(request: Request, video_id: str):
+        return JSONResponse(view(find(request, video_id)),
+                            headers={"openai-poll-after-ms": POLL_AFTER_MS, **NO_STORE})
+
+    @router.delete("/v1/videos/{video_id}", summary="Delete a video (cancelled first if still running)")
+    def delete(request: Request, video_id: str):
+        job = find(request, video_id)
+        store.delete(job)
+        frames_cache.pop(job.id, None)
+        return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True}, headers=NO_STORE)
+
+    @router.get("/v1/videos/{video_id}/content", summary="Download the mp4 (or variant=thumbnail)")
+    def content(request: Request, video_id: str, variant: str = "video"):
+        job = find(request, video_id)
+        if variant not in ("video", "thumbnail"):
+            raise invalid(f"variant {variant[:20]!r} is not offered here: video or thumbnail", param="variant",
+                          code="unsupported_value")
+        path = content_path(job)
+        if variant == "thumbnail":
+            return FileResponse(video_files.thumbnail(path), media_type="image/png", headers=NO_STORE)
+        return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4", headers=NO_STORE)
+
+    @router.get("/v1/models", summary="The model this server runs")
+    def models():
+        return JSONResponse({"object": "list", "data": [model_object()]}, headers=NO_STORE)
+
+    @router.get("/v1/models/{name}", summary="One model")
+    def one_model(name: str):
+        if name != model_id:
+            raise ApiError(404, f"this server runs {model_id!r} only", param="model", code="model_not_found")
+        return JSONResponse(model_object(), headers=NO_STORE)
+
+    def model_object() -> dict:
+        stated = model_limits(store.pipeline, settings).to_dict() if store.pipeline is not None else None
+        return {"id": model_id, "object": "model", "created": int(store_started), "owned_by": "magi1",
+                "status": store.model_state, "magi1": stated}
+
+    store_started = time.time()
+    return router
+
+
+def _limit(text: str) -> int:
+    if not str(text).isdigit() or not 1 <= int(text) <= MAX_LIST:
+        raise invalid(f"limit must be a whole number from 1 to {MAX_LIST}, got {str(text)[:10]!r}", param="limit")
+    return int(text)
+
+
+def check_with_model(pipeline, job_request) -> None:
+    """What the model's config rejects (e.g. steps not a multiple of its window) is a 400 now, not a failed job."""
+    from .app import check_against_model
+    from .job_request import BadRequest
+
+    try:
+        check_against_model(pipeline, job_request)
+    except BadRequest as err:
+        raise invalid(str(err), param="num_inference_steps" if "step" in str(err) else None) from None
+
+
+def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict) -> dict:
+    """The OpenAI video object of a job, with magi1's own fields under "magi1"."""
+    request = record["request"]
+    meta = request.get("video_api") or {}
+    state = record["state"]
+    status = STATUS[state]
+    error = None
+    if state == "failed":
+        error = {"code": "generation_failed", "message": record["error"] or "the video failed"}
+    elif state == "cancelled":
+        error = {"code": "cancelled", "message": "the video was cancelled"
+                 + (f" after {record['chunks_ready']} chunk(s); those are kept" if record["has_video"] else "")}
+    size = meta.get("size") or (f"{request['width']}x{request['height']}" if request.get("width") else None)
+    seconds = meta.get("seconds")
+    fps = record["fps"]
+    if record["has_video"] and fps and job.video_path.is_file():
+        if job.id not in frames_cache:
+            frames_cache[job.id] = video_files.frame_count(job.video_path)
+        seconds = seconds_text(seconds_of(frames_cache[job.id], fps) + float(meta.get("source_seconds") or 0))
+    finished = record["finished_at"]
+    return {
+        "id": ID_PREFIX + record["id"], "object": "video", "model": meta.get("model", model_id),
+        "status": status, "progress": int(round(100 * float(record["progress"]))),
+        "created_at": int(record["created_at"]), "completed_at": int(finished) if finished else None,
+        "expires_at": int(finished + settings.result_ttl_s) if finished else None,
+        "prompt": request.get("prompt"), "seconds": seconds or "", "size": size or "",
+        "remixed_from_video_id": None, "error": error,
+        "magi1": {"mode": request["mode"], "extends": meta.get("extends"), "seed": request.get("seed"),
+                  "num_inference_steps": request.get("steps"), "chunk_prompts": request.get("chunk_prompts"),
+                  "negative_prompt": request.get("negative_prompt"), "chunks_ready": record["chunks_ready"],
+                  "num_chunks": record["num_chunks"], "fps": fps, "queue_position": record["queue_position"],
+                  "job": f"/v1/jobs/{record['id']}"},
+    }
