@@ -96,13 +96,19 @@ def store_bytes(data: bytes, folder: Path, settings: ServerSettings):
     return checked
 
 
-def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: int, keep_aspect: bool) -> int:
-    """Write the job's conditioning (input.mp4: the source's last frames) and its source.mp4; frames of the source."""
+def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: int, keep_aspect: bool,
+                      frames_per_chunk: int) -> int:
+    """Write the job's conditioning (input.mp4: the source's last frames) and its source.mp4; frames of the source.
+
+    The context is whole chunks (the most within EXTENSION_CONTEXT_FRAMES): a prefix that ends inside a chunk
+    would make the continuation longer than the seconds asked for.
+    """
     from magi1.io.video import load_video, write_video
 
     frames = load_video(source, height, width, fps, max_frames=None, keep_aspect=keep_aspect)
     write_video(folder / SOURCE_FILE, frames, fps)
-    write_video(folder / "input.mp4", frames[-EXTENSION_CONTEXT_FRAMES:], fps)
+    context = max(frames_per_chunk, EXTENSION_CONTEXT_FRAMES // frames_per_chunk * frames_per_chunk)
+    write_video(folder / "input.mp4", frames[-context:], fps)
     return len(frames)
 
 

@@ -165,7 +165,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
             request_job = prepared.job
             source_frames = await run_in_threadpool(
                 video_files.prepare_extension, source, job.folder, request_job.width, request_job.height,
-                model.fps, request_job.keep_aspect)
+                model.fps, request_job.keep_aspect, model.frames_per_chunk)
             if source.parent == job.folder and source.name != "input.mp4":
                 source.unlink(missing_ok=True)
             request_job.input_name = "input.mp4"
