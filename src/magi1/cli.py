@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"magi1 {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(_interrupted_message(args, argv), file=sys.stderr)
         return 130
     except Exception as err:  # a clear one-line message for the errors we raise on purpose
         from .errors import is_user_facing
@@ -318,6 +318,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"magi1 {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _interrupted_message(args, argv: list[str]) -> str:
+    """What Ctrl-C leaves: for a generate run with a saved state, the finished chunks and the command that resumes."""
+    import shlex
+
+    if args.command != "generate":
+        return "interrupted"
+    from .io.video import partial_path_for
+    from .resume import resume_state_path
+
+    state = resume_state_path(args.output_path)
+    if not state.is_file():
+        return "interrupted before the first chunk finished; nothing to resume"
+    from .resume import ResumeState
+
+    finished = ResumeState.load(state).finished_chunks
+    program = sys.argv[0] if Path(sys.argv[0]).name == "magi1" else "magi1"
+    command = shlex.join([program, *argv, *([] if "--resume" in argv else ["--resume"])])
+    return (f"interrupted after {finished} finished chunk{'s' if finished != 1 else ''} "
+            f"(kept in {partial_path_for(args.output_path)}); to continue, run:\n  {command}")
 
 
 if __name__ == "__main__":

@@ -428,13 +428,13 @@ class MagiPipeline(DiffusersConventions):
                          metadata: Mapping[str, str] | None = None, **kwargs) -> GenerationReport:
         """Stream chunks into an mp4, each encoded as soon as it is clean.
 
-        The video is written as fragmented mp4 under a hidden partial name (watchable while it grows, kept if
-        the run dies) and moved onto `path` when complete. After every finished chunk the run's state is saved
+        The video is written as fragmented mp4 under a hidden partial name, one fragment per chunk appended the
+        moment the chunk is decoded (watchable while it grows; a killed run leaves every finished chunk), and
+        moved onto `path` when complete. After every finished chunk the run's state is saved
         next to the output, so `resume=True` continues a killed run exactly where it stopped. `metadata`: the
         mp4's container tags (e.g. the captions of an enhanced run).
         """
-        from .io.video import VideoWriter
-
+        from .io.chunked_mp4 import ChunkedMp4Writer
         from .parallel import is_output_rank
 
         path = Path(path)
@@ -452,13 +452,12 @@ class MagiPipeline(DiffusersConventions):
         start = time.perf_counter()
         first = None
         frames_written = num_chunks = 0
-        writer = VideoWriter(str(path), fps=self.fps, fragmented=True, keep_partial=True,
-                             options={"g": str(4 * self.config.runtime_config.chunk_width)},
-                             metadata=dict(metadata or {}))
+        # One fragment per chunk, on disk as soon as the chunk is clean; replayed chunks re-encode to the same bytes.
+        writer = ChunkedMp4Writer(path, fps=self.fps, metadata=dict(metadata or {}))
         with writer:
             for chunk in self.stream(progress=progress, resume_state=resume_state,
                                      on_state=lambda state: state.save(state_file), **kwargs):
-                writer.append(chunk.frames)
+                writer.append_chunk(chunk.frames)
                 frames_written += len(chunk.frames)
                 num_chunks += 1
                 if first is None:
