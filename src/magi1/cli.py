@@ -57,10 +57,12 @@ def add_generate_parser(subparsers) -> None:
                    help="continue an interrupted run from the chunks already saved next to the output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from .memory.cli import add_offload_options
+    from .lora.pipeline_api import add_generate_lora_options
     from .prompting.cli import add_generate_options
 
     add_offload_options(p)
     add_generate_options(p)
+    add_generate_lora_options(p)
     p.set_defaults(func=run_generate)
 
 
@@ -136,6 +138,9 @@ def validate_generate_args(args):
     except InputError as err:
         raise UsageError(_flag_names(str(err))) from None
     args.checked_image, args.checked_video = checked.image, checked.video
+    from .lora.pipeline_api import check_lora_options
+
+    check_lora_options(args, config)
     from .prompting.cli import check_generate_enhance_args
 
     check_generate_enhance_args(args)
@@ -183,6 +188,9 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
                                         special_tokens_path=args.special_tokens, parallel=ctx,
                                         offload=args.offload, blocks_on_device=args.blocks_on_device,
                                         weights=args.weights)
+    from .lora.pipeline_api import apply_lora_options
+
+    apply_lora_options(pipe, args)
     report = pipe.generate_to_file(
         args.output_path,
         prompt=None if chunk_prompts else prompt,

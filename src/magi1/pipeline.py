@@ -23,6 +23,7 @@ from .errors import InputError, MissingWeightsError
 from .preflight import check_run, check_weights_present  # noqa: F401 (re-exported: the server and tests import it here)
 from .preflight import t5_present as _t5_present, vae_present as _vae_present
 from .resume import ResumeState, resume_state_path, run_fingerprint  # noqa: F401 (re-exported)
+from .lora.pipeline_api import LoraPipelineMixin
 from .runtime import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class GenerationCancelled(Exception):
     """Raised out of `stream()` when `should_stop()` turned true between two denoising steps."""
 
 
-class MagiPipeline(DiffusersConventions):
+class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
     def __init__(self, config: MagiConfig, dit, vae, text_encoder, *, device: torch.device, special_tokens=None,
                  parallel=None):
         self.config = config
@@ -375,7 +376,7 @@ class MagiPipeline(DiffusersConventions):
 
         plan = plan_forward_steps(total_chunks, r.window_size, r.num_steps, clean_chunks, r.noise2clean_kvrange,
                                   r.clean_chunk_kvrange)
-        fingerprint = run_fingerprint(config, y, y_masks, noise, prefix)
+        fingerprint = run_fingerprint(config, y, y_masks, noise, prefix, extra=self.lora_fingerprint())
         finished = 0
         grid = time_grid(r.num_steps, config.engine_config.shortcut_mode)
         before = noise  # the latent video before the current step (for the previews' clean estimate)

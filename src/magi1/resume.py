@@ -44,9 +44,9 @@ class ResumeState:
                        f.get_tensor("latent"))
 
 
-def run_fingerprint(config, *tensors) -> str:
-    """A hash of the config and the run's input tensors (conditioning, noise, prefix)."""
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+def run_fingerprint(config, *tensors, extra: str = "") -> str:
+    """A hash of the config, the run's input tensors (conditioning, noise, prefix) and `extra` (e.g. LoRAs)."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode() + extra.encode())
     for tensor in tensors:
         if tensor is not None:
             digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())

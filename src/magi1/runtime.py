@@ -245,3 +245,19 @@ def side_stream(device: torch.device | None) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     stream.synchronize()
+
+
+def release_accelerator_cache() -> None:
+    """Hand the accelerator's cached free blocks back (after a model is deleted, before the next one loads)."""
+    if accelerator_available():
+        torch.cuda.empty_cache()
+
+
+def bf16_autocast_available(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on `device`: GPUs with bf16, CPUs whose native bf16 GEMMs are the fast path."""
+    device = torch.device(device)
+    if is_accelerator(device):
+        return bool(torch.cuda.is_bf16_supported())
+    from .ops import cpu_paths
+
+    return cpu_paths.half_path(torch.bfloat16).choice == "native"

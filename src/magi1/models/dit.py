@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ModelConfig
@@ -68,7 +69,18 @@ class MagiDiT(nn.Module):
         # Set by magi1.parallel.parallelize_dit: shards the tokens, wraps the attention core and runs this
         # rank's stage of layers (the plan does all communication; this file has none). None on one process.
         self.parallel = None
+        # Training only: recompute each layer's activations in the backward pass instead of keeping them.
+        self.gradient_checkpointing = False
         self.eval()
+
+    def enable_gradient_checkpointing(self) -> "MagiDiT":
+        """Keep only each layer's input for the backward pass and recompute the rest (diffusers' name)."""
+        self.gradient_checkpointing = True
+        return self
+
+    def disable_gradient_checkpointing(self) -> "MagiDiT":
+        self.gradient_checkpointing = False
+        return self
 
     # ------------------------------------------------------------------ precision
     @property
@@ -227,7 +239,7 @@ class MagiDiT(nn.Module):
         else:
             h = tokens
             for i, layer in enumerate(self.videodit_blocks.layers):
-                h = layer(h, ctx)
+                h = self._layer_call(layer, h, ctx)
                 if record is not None:
                     record[f"layer{i}.out"] = h.transpose(0, 1)
             h = self.videodit_blocks.final_layernorm(h.float())
@@ -247,8 +259,13 @@ class MagiDiT(nn.Module):
     def _run_layers(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         """(B, S, D) through every layer this model holds -> (B, S, D)."""
         for layer in self.videodit_blocks.layers:
-            h = layer(h, ctx)
+            h = self._layer_call(layer, h, ctx)
         return h
+
+    def _layer_call(self, layer: nn.Module, h: torch.Tensor, ctx) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, h, ctx, use_reentrant=False)
+        return layer(h, ctx)
 
     def _output_head(self, h: torch.Tensor) -> torch.Tensor:
         """(B, S, D) -> (B, S, pt*p*p*C_out) float32: final norm and linear."""

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..ops import half_math
 from ..ops.attention import RangeAttention
+from .adapters import split_adapter, with_adapter
 from .rope import apply_rotary, apply_rotary_
 
 FREQUENCY_EMBEDDING_SIZE = 256
@@ -151,10 +152,16 @@ def per_chunk_gate(x: torch.Tensor, gate: torch.Tensor, token_chunks: torch.Tens
 
 
 def project_in_dtype(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a linear and keep x's dtype (FP8 linears return bf16 whatever the compute dtype)."""
-    if type(linear) is nn.Linear:  # half GEMMs run as float32 GEMMs on CPUs without half units (half_math)
-        return half_math.linear(x, linear.weight, linear.bias)
-    return linear(x).to(x.dtype)
+    """Apply a linear and keep x's dtype (FP8 linears return bf16 whatever the compute dtype).
+
+    A LoRA-wrapped linear computes its base exactly as the plain one, plus the adapter (models.adapters).
+    """
+    base, adapter = split_adapter(linear)
+    if type(base) is nn.Linear:  # half GEMMs run as float32 GEMMs on CPUs without half units (half_math)
+        out = half_math.linear(x, base.weight, base.bias)
+    else:
+        out = base(x).to(x.dtype)
+    return with_adapter(out, adapter, x)
 
 
 def gated_post_norm_residual(h: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, norm: nn.Module,
@@ -255,9 +262,10 @@ class ParallelAttention(nn.Module):
         qx = project_in_dtype(self.linear_qkv.qx, ln).reshape(b * s, self.heads, self.head_dim)
         qx = self.q_layernorm_xattn(qx)
         tokens = ctx.caption_tokens
+        base, adapter = split_adapter(self.linear_kv_xattn)
         # Eight row-block GEMMs as in the official code (same math as one GEMM, kept for bit parity).
-        blocks = torch.chunk(self.linear_kv_xattn.weight, 8, dim=0)
-        kv = torch.cat([half_math.linear(tokens, w) for w in blocks], dim=1)
+        blocks = torch.chunk(base.weight, 8, dim=0)
+        kv = with_adapter(torch.cat([half_math.linear(tokens, w) for w in blocks], dim=1), adapter, tokens)
         # (L, 2*ng*hd) -> (L, ng, 2hd): per group, K then V
         kv = kv.view(tokens.shape[0], self.kv_heads, 2 * self.head_dim)
         kx = self.k_layernorm_xattn(kv[..., : self.head_dim])
@@ -268,12 +276,14 @@ class ParallelAttention(nn.Module):
     def project(self, core: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
         """Interleave [self | cross] in 8 head slices and project: fp32 output (compute dtype for FP8).
 
-        A plain nn.Linear runs as the official float32 island (`half_math.float32_linear_of`); any other
-        module there (FP8, or a wrapper such as a LoRA layer) is called as a module on compute-dtype input.
+        A plain nn.Linear runs as the official float32 island (`half_math.float32_linear_of`), and so does the
+        base of a LoRA-wrapped one (its adapter's output added); any other module there (FP8) is called as a
+        module on compute-dtype input.
         """
         b, s, width = core.shape
         groups = OUTPUT_INTERLEAVE_GROUPS
-        island = type(self.linear_proj) is nn.Linear
+        base, adapter = split_adapter(self.linear_proj)
+        island = type(base) is nn.Linear
         # [self | cross] as (.., [8][2][d']): self slice g, cross slice g, self slice g+1, ... written straight
         # into one buffer, already in the dtype the float32 GEMM below takes its operands in
         dtype = half_math.island_operand_dtype(core.dtype, core.device) if island else core.dtype
@@ -283,7 +293,8 @@ class ParallelAttention(nn.Module):
         both = both.reshape(b, s, 2 * width)
         if not island:
             return project_in_dtype(self.linear_proj, both)
-        return half_math.float32_linear_of(both, self.linear_proj.weight)  # bf16 values when the weight is bf16
+        out = half_math.float32_linear_of(both, base.weight)  # bf16 values when the weight is bf16
+        return with_adapter(out, adapter, both)
 
 
 class AdaModulateLayer(nn.Module):

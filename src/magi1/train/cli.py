@@ -5,6 +5,7 @@
     magi1 train encode    encode clips into a latent cache with a trained VAE
     magi1 train dit       train a DiT with the MAGI-1 objective on a latent cache
     magi1 train distill   shortcut-distil a trained DiT into a few-step, cfg-free one
+    magi1 train lora      LoRA adapters (or full fine-tuning) of any MAGI-1 DiT on a folder of captioned clips
 
 Every trainer resumes from its `--workdir` when rerun with the same arguments.
 """
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="train the T5 along (saved into --out/t5)")
         else:
             p.add_argument("--finest-steps", type=int, default=None, help="default: the config's num_steps")
+    from ..lora.cli import add_lora_parser
+
+    add_lora_parser(sub)
     return parser
 
 
@@ -113,7 +117,14 @@ def main_train(argv: list[str] | None = None) -> int:
     args.command_line = "magi1 train " + " ".join(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill}[args.what](args)
+    return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill,
+            "lora": _lora}[args.what](args)
+
+
+def _lora(args) -> int:
+    from ..lora.cli import main_train_lora
+
+    return main_train_lora(args)
 
 
 def _demo(args) -> int:

@@ -79,6 +79,7 @@ class LoopSettings:
     total_steps: int
     state_dir: str | None = None           # where resumable state lives; None: no checkpoints
     checkpoint_every_s: float = 180.0      # wall-clock seconds between saves
+    checkpoint_every_steps: int | None = None  # also save every this many steps
     log_every: int = 25                    # steps between loss-log lines
     log_path: str | None = None            # text loss log (appended), one line per log_every steps
     desc: str = "train"
@@ -145,8 +146,9 @@ def run_loop(trainer: Steppable, settings: LoopSettings) -> dict:
             last_means = log.means()
             bar.set_postfix({k: f"{v:.4f}" for k, v in last_means.items()})
             log.flush(done, elapsed_before + time.perf_counter() - started)
+        every_steps = settings.checkpoint_every_steps
         if settings.state_dir and (time.perf_counter() - last_save >= settings.checkpoint_every_s
-                                   or done == settings.total_steps):
+                                   or (every_steps and done % every_steps == 0) or done == settings.total_steps):
             save(done)
             last_save = time.perf_counter()
     bar.close()
