@@ -104,7 +104,7 @@ def model_signature(model_config, *, name: str | None = None) -> dict:
 
 def describe_signature(signature: dict) -> str:
     name = f" ({signature['name']})" if signature.get("name") else ""
-    return f"{signature['num_layers']} layers of width {signature['hidden_size']}{name}"
+    return f"{signature['num_layers']} layers of width {signature['hidden_size']}, MLP {signature['ffn_hidden_size']}{name}"
 
 
 def check_signature(saved: dict | None, model_config, *, what: str) -> None:
@@ -158,10 +158,11 @@ def _as_float32_masters(model: nn.Module, adapter_name: str) -> None:
 
 
 def add_lora(model: nn.Module, settings: LoraSettings, adapter_name: str = "default", *,
-             base_model: str | None = None) -> list[nn.Parameter]:
+             base_model: str | None = None, seed: int = 0) -> list[nn.Parameter]:
     """Inject a fresh adapter (B = 0: the model's function is unchanged) and return its trainable parameters.
 
-    Every other parameter of the model is frozen.
+    A is drawn from a generator seeded with `seed` (peft draws from torch's global one), so a run is
+    reproducible. Every other parameter of the model is frozen.
     """
     peft = _peft()
     settings.validate()
@@ -170,7 +171,9 @@ def add_lora(model: nn.Module, settings: LoraSettings, adapter_name: str = "defa
     _check_targets_exist(model, targets)
     if adapter_name in adapter_names(model):
         raise InputError(f"an adapter named {adapter_name!r} is already loaded")
-    peft.inject_adapter_in_model(settings.peft_config(base_model), model, adapter_name=adapter_name)
+    with torch.random.fork_rng(devices=[]):  # adapters are built on the CPU, then moved beside their linears
+        torch.manual_seed(seed)
+        peft.inject_adapter_in_model(settings.peft_config(base_model), model, adapter_name=adapter_name)
     _as_float32_masters(model, adapter_name)
     set_active(model, adapter_names(model))
     model.requires_grad_(False)
@@ -336,7 +339,8 @@ def attach_lora(model: nn.Module, lora: LoraFile, adapter_name: str, *, scale: f
     targets = sorted({_LORA_KEY.match(k)["module"] for k in lora.tensors})
     config.target_modules = targets  # exactly the modules the file adapts (full names match as suffixes)
     device = next(model.parameters()).device
-    peft.inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    with torch.random.fork_rng(devices=[]):  # peft draws A at random (overwritten below): leave the caller's RNG
+        peft.inject_adapter_in_model(config, model, adapter_name=adapter_name)
     _as_float32_masters(model, adapter_name)
     modules = dict(model.named_modules())
     with torch.no_grad():

@@ -77,7 +77,8 @@ class LoraRun:
         outcome = self.train(trainer, sampler)
         written = self.write_result(model, trainer)
         minutes = (time.perf_counter() - started) / 60
-        _say(f"trained {self.args.steps} steps ({outcome['resumed_from']} resumed) in {minutes:.1f} min; "
+        resumed = f" (resumed at step {outcome['resumed_from']})" if outcome["resumed_from"] else ""
+        _say(f"trained {self.args.steps} steps{resumed} in {minutes:.1f} min; "
              f"final loss {outcome['metrics'].get('loss', float('nan')):.4f}; {written}")
         return 0
 
@@ -176,7 +177,7 @@ class LoraRun:
         else:
             settings = LoraSettings(rank=self.args.rank, alpha=self.args.alpha, dropout=self.args.dropout,
                                     targets=self.args.target_modules.split(","))
-            params = add_lora(model, settings, ADAPTER_NAME, base_model=self.model_name)
+            params = add_lora(model, settings, ADAPTER_NAME, base_model=self.model_name, seed=self.args.seed)
         trained = sum(p.numel() for p in params)
         _say(f"DiT loaded on {self.device}; training {trained / 1e6:.2f} M parameters"
              + ("" if self.full else f" (LoRA rank {self.args.rank} on {self.args.target_modules})"))
