@@ -249,12 +249,16 @@ def side_stream(device: torch.device | None) -> Iterator[None]:
 
 def release_accelerator_cache() -> None:
     """Hand the accelerator's cached free blocks back (after a model is deleted, before the next one loads)."""
+    import torch
+
     if accelerator_available():
         torch.cuda.empty_cache()
 
 
 def bf16_autocast_available(device: torch.device) -> bool:
     """Whether bf16 autocast pays on `device`: GPUs with bf16, CPUs whose native bf16 GEMMs are the fast path."""
+    import torch
+
     device = torch.device(device)
     if is_accelerator(device):
         return bool(torch.cuda.is_bf16_supported())
