@@ -363,6 +363,7 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
     settings = RecipeSettings(workdir=str(tmp_path / "work"), out_dir=str(tmp_path / "demo"),
                               preset_dir=str(tmp_path / "presets"), vae_clips=4, vae_steps=1, decoder_steps=1,
                               dit_clips=4, dit_steps=2, distill_steps=1, checkpoint_every_s=1e9, progress=False,
+                              heldout_clips=1, caption_variants=3,
                               command="test")
     outcome = DemoRecipe(settings).run()
     assert set(outcome["results"]) == {"vae", "latents", "decoder", "text", "dit", "distill"}
@@ -370,6 +371,7 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
     assert preset["runtime_config"]["load"] == "../demo/dit"  # relative to the JSON: the folder can move
     assert (tmp_path / "demo" / "dit" / "inference_weight" / "model.safetensors.zst").is_file()
     assert "[dit] step" in (tmp_path / "demo" / "training_log.txt").read_text()
+    assert len(list((tmp_path / "demo" / "t5").glob("*/prompt_vocabulary.json"))) == 1  # the unknown-prompt warning
     for name in ("demo.json", "demo_distill.json"):
         pipe = MagiPipeline.from_pretrained(str(tmp_path / "presets" / name), device="cpu")
         frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]

@@ -170,6 +170,23 @@ def run_generate(args) -> int:
         teardown(ctx)
 
 
+def _show_prompt_warnings_plainly() -> None:
+    """A PromptWarning (the prompt uses no word the model knows) as one line on stderr, not a code location."""
+    import warnings
+
+    from .models.prompt_vocabulary import PromptWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PromptWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _generate(args, mode, config, ctx, output_rank: bool) -> int:
     from .pipeline import MagiPipeline
     from .prompting.cli import enhanced_run_prompts, wants_enhancement
@@ -178,6 +195,7 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
     chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
     if chunk_prompts:
         chunk_prompts = {0: prompt, **chunk_prompts}
+    _show_prompt_warnings_plainly()
     metadata = None
     if wants_enhancement(args):  # before any weights load: a wrong endpoint fails in seconds
         enhanced = enhanced_run_prompts(args, mode, config, prompt, chunk_prompts, ctx)
@@ -242,7 +260,7 @@ def add_train_parser(subparsers) -> None:
 
 
 def add_eval_parser(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluation (`magi1 eval physics ...`)", add_help=False)
+    p = subparsers.add_parser("eval", help="evaluation (`magi1 eval physics|quality ...`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: _delegate_argv("magi1.eval.cli", "main_eval", args.rest))
 
@@ -287,12 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_make_tiny_parser(subparsers)
     from .download import add_download_parser
+    from .io.contact_sheet import add_contact_sheet_parser
     from .memory.cli import add_plan_parser
     from .prompting.cli import add_enhance_parser
 
     add_enhance_parser(subparsers)
     add_download_parser(subparsers)
     add_plan_parser(subparsers)
+    add_contact_sheet_parser(subparsers)
     return parser
 
 

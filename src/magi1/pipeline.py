@@ -234,6 +234,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                 check_weights_present(self.config, vae=False)  # raises, naming the missing folder
             embeds, masks = [], []
             for text in prompts:
+                warn_if_unknown_prompt(text, self.text_encoder.folder)
                 emb, mask = self.text_encoder.encode(text)
                 embeds.append(emb.float().cpu())
                 masks.append(mask.cpu())
@@ -521,6 +522,17 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         reference = as_batched_conditioning(plain.y, plain.masks) if plain is not None else (y, masks)
         clean_y, clean_mask = default_clean_rows(*reference)
         return y, masks, (clean_y.expand(len(prompts), -1, -1), clean_mask.expand(len(prompts), -1))
+
+
+def warn_if_unknown_prompt(prompt: str, text_encoder_folder) -> None:
+    """A PromptWarning when the text encoder ships a vocabulary (the demo does) and the prompt uses none of it."""
+    import warnings
+
+    from .models.prompt_vocabulary import PromptWarning, check_prompt
+
+    message = check_prompt(prompt, text_encoder_folder)
+    if message:
+        warnings.warn(message, PromptWarning, stacklevel=3)
 
 
 def chunk_prompt_schedule(prompt: str | None, chunk_prompts, num_chunks: int) -> list[str]:

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("seed", "vae_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips", "distill_steps",
                  "base_steps", "distill_infer_steps", "dit_tokens_per_step"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    p.add_argument("--caption-variants", type=int, default=defaults.caption_variants,
+                   help="wordings per clip for the DiT (synonyms, short and long forms, counts); 1: canonical only")
+    p.add_argument("--vae-mlp-ratio", type=float, default=defaults.vae_mlp_ratio, help="VAE MLP width / embed_dim")
+    p.add_argument("--vae-temporal-weight", type=float, default=defaults.vae_temporal_weight,
+                   help="weight of the frame-change loss of the VAE stages (0: off)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
     p.add_argument("--quiet", action="store_true")
@@ -136,6 +141,8 @@ def _demo(args) -> int:
         dit_steps=args.dit_steps, dit_clips=args.dit_clips,
         distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
         dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
+        caption_variants=args.caption_variants, vae_mlp_ratio=args.vae_mlp_ratio,
+        vae_temporal_weight=args.vae_temporal_weight,
         threads=args.threads, progress=not args.quiet, command=args.command_line,
     )
     outcome = DemoRecipe(settings).run()

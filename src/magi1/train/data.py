@@ -73,16 +73,33 @@ class LatentCrop:
 
 
 class LatentClips:
-    """Scaled VAE latents of whole clips, with each clip's caption and first-frame image latent."""
+    """Scaled VAE latents of whole clips, with each clip's caption and first-frame image latent.
+
+    `caption_choices` (optional): several wordings per clip; a sample then takes one of them at random
+    (`captions` stays the canonical one, e.g. for a tokenizer or a log).
+    """
 
     def __init__(self, latents: torch.Tensor, captions: list[str], image_latents: torch.Tensor | None = None,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, caption_choices: list[list[str]] | None = None) -> None:
         if latents.ndim != 5 or latents.shape[0] != len(captions):
             raise ValueError(f"latents must be (N, C, T, h, w) with one caption each, got {tuple(latents.shape)}")
+        if caption_choices is not None and (len(caption_choices) != len(captions) or not all(caption_choices)):
+            raise ValueError("caption_choices needs a non-empty list of captions for every clip")
         self.latents = latents.float()
         self.captions = list(captions)
+        self.caption_choices = None if caption_choices is None else [list(c) for c in caption_choices]
         self.image_latents = None if image_latents is None else image_latents.float()
         self.meta = dict(meta or {})
+
+    def all_captions(self) -> list[str]:
+        """Every caption a sample can get (the canonical ones and all choices)."""
+        return self.captions + [c for choices in self.caption_choices or [] for c in choices]
+
+    def caption_for(self, index: int, generator: torch.Generator) -> str:
+        if self.caption_choices is None:
+            return self.captions[index]
+        choices = self.caption_choices[index]
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -116,7 +133,7 @@ class LatentClips:
                 images.append(self.image_latents[index])
             else:  # only i2v samples read it, and those always start at frame 0
                 images.append(self.latents[index, :, start : start + 1])
-            captions.append(self.captions[index])
+            captions.append(self.caption_for(index, generator))
             starts.append(start)
         return LatentCrop(torch.stack(crops), torch.stack(images), captions, starts)
 
@@ -126,6 +143,8 @@ class LatentClips:
         if self.image_latents is not None:
             tensors["image_latents"] = self.image_latents.contiguous()
         metadata = {"captions": json.dumps(self.captions), "meta": json.dumps(self.meta)}
+        if self.caption_choices is not None:
+            metadata["caption_choices"] = json.dumps(self.caption_choices)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=metadata)
 
@@ -135,7 +154,8 @@ class LatentClips:
             metadata = handle.metadata()
             latents = handle.get_tensor("latents")
             image = handle.get_tensor("image_latents") if "image_latents" in handle.keys() else None
-        return cls(latents, json.loads(metadata["captions"]), image, json.loads(metadata.get("meta", "{}")))
+        choices = json.loads(metadata["caption_choices"]) if "caption_choices" in metadata else None
+        return cls(latents, json.loads(metadata["captions"]), image, json.loads(metadata.get("meta", "{}")), choices)
 
 
 def build_latent_cache(source, encode_videos: Callable[[list[np.ndarray]], torch.Tensor],

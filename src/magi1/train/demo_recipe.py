@@ -47,9 +47,14 @@ TRAINING_LOG = "training_log.txt"
 # Width: each decoder token un-patchifies into embed_dim / (4·8·8) pixel channels ahead of the RGB conv, and
 # the decoder's last LayerNorm removes every token's mean and scale. With 3 channels (768) a flat-coloured
 # token keeps only 2 colour degrees of freedom (all flat colours on one plane: greens and reds collapse);
-# 1024 gives the 4 channels of the official model, the 4th free to absorb the mean. The rest is cut to fit
-# the size budget: a tiny MLP, and a position table for one latent frame (video_length 4), resized to the
-# 3-frame inference tiles like any other grid.
+# 1024 gives the 4 channels of the official model, the 4th free to absorb the mean.
+# The rest is cut to fit the size budget: a tiny MLP, and a position table for one latent frame (video_length
+# 4), resized to the 3-frame inference tiles like any other grid.
+# [finding] That tiny MLP (128 units) makes the decoder nearly linear in the latent, and a linear map of 16
+# numbers cannot draw an object at 4 places in the 4 frames of a token: it draws one frame 4 times and jumps at
+# every latent-frame boundary (boundary / in-group change about 3x, eval.smoothness). Optimising the latent
+# itself against held-out clips left the ratio at 4.8, so the decoder is the limit; `vae_mlp_ratio` widens it
+# (docs/demo-model.md has the pilots).
 DEMO_VAE_DDCONFIG = dict(
     video_size=64, video_length=4, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
     embed_dim=1024, depth=1, num_heads=16, mlp_ratio=0.125, qkv_bias=True, with_cls_token=True, norm_code=False,
@@ -126,13 +131,18 @@ class RecipeSettings:
     vae_steps: int = 1200
     vae_batch: int = 6
     vae_lr: float = 2e-3
+    vae_mlp_ratio: float = 0.125             # DEMO_VAE_DDCONFIG mlp_ratio (decoder capacity, see above)
+    vae_temporal_weight: float = 0.0         # VAETrainSettings.temporal_weight (frame-change magnitudes)
+    vae_lengths: tuple[int, ...] = (12, 4, 4, 1)  # crop lengths of the VAE stages (1: a still image)
     decoder_steps: int = 1500                # decoder-only fine-tune after the latents are cached
     decoder_lr: float = 1e-3
     dit_clips: int = 600
+    caption_variants: int = 1                # wordings per clip (train.captions); 1: the canonical caption only
     dit_steps: int = 4000
     dit_lr: float = 8e-4
     dit_tokens_per_step: int = 2304
     distill_steps: int = 400
+    heldout_clips: int = 8                   # held-out VAE round trips measured after each VAE stage
     base_steps: int = 32                     # demo.json num_steps; also the finest distillation grid
     distill_infer_steps: int = 8             # demo_distill.json num_steps
     vocab_size: int = 400
@@ -152,6 +162,8 @@ class DemoRecipe:
         self.presets.mkdir(parents=True, exist_ok=True)  # relative paths in the config go through it
         self.loss_log = self.work / "loss_log.txt"
         self.timings: dict[str, float] = self._read_json("timings.json", {})
+        self.cpu_timings: dict[str, float] = self._read_json("cpu_timings.json", {})
+        self._clock: tuple[float, float] = (time.perf_counter(), time.process_time())
         self.results: dict[str, dict] = self._read_json("results.json", {})
 
     # ------------------------------------------------------------------ bookkeeping
@@ -159,10 +171,21 @@ class DemoRecipe:
         path = self.work / name
         return json.loads(path.read_text()) if path.is_file() else default
 
-    def _record(self, stage: str, seconds: float, result: dict) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+    def _start(self) -> float:
+        """Start a stage's clocks (wall and CPU); returns the wall start for the callers that still want it."""
+        self._clock = (time.perf_counter(), time.process_time())
+        return self._clock[0]
+
+    def _record(self, stage: str, seconds: float, result: dict, outcome: dict | None = None) -> None:
+        """Store a finished stage. A stage resumed from a checkpoint also counts its earlier runs' loop time
+        (`outcome` from run_loop); the minutes between a stage's last checkpoint and a kill are lost."""
+        outcome = outcome or {}
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds + outcome.get("elapsed_before_s", 0.0)
+        cpu = time.process_time() - self._clock[1] + outcome.get("cpu_before_s", 0.0)
+        self.cpu_timings[stage] = self.cpu_timings.get(stage, 0.0) + cpu
         self.results[stage] = result
         (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+        (self.work / "cpu_timings.json").write_text(json.dumps(self.cpu_timings, indent=1))
         (self.work / "results.json").write_text(json.dumps(self.results, indent=1))
 
     def _done(self, stage: str) -> bool:
@@ -201,6 +224,21 @@ class DemoRecipe:
 
         return SceneConfig(height=self.s.size, width=self.s.size, num_frames=frames)
 
+    def heldout_vae_metrics(self, vae) -> dict:
+        """PSNR and smoothness (group-boundary / in-group change) of the VAE round trip of held-out clips,
+        through the inference helpers."""
+        from ..eval.smoothness import group_boundary_ratio
+        from ..models.vae_helpers import decode_chunk, encode_video
+        from .synthetic import EVAL_FIRST_SEED, SyntheticPhysicsDataset
+
+        source = SyntheticPhysicsDataset(self.s.heldout_clips, self.scene_config(48), first_seed=EVAL_FIRST_SEED + 4_000)
+        truth = [source[i]["frames"] for i in range(len(source))]
+        decoded = [decode_chunk(vae, encode_video(vae, f, fps=24), fps=24).numpy() for f in truth]
+        mse = np.mean([((d.astype(np.float32) - t) ** 2).mean() for d, t in zip(decoded, truth)])
+        return {"heldout_psnr": float(10 * np.log10(255.0**2 / mse)),
+                "heldout_boundary_ratio": group_boundary_ratio(decoded).ratio,
+                "truth_boundary_ratio": group_boundary_ratio(truth).ratio}
+
     def vae_clips(self):
         """The VAE's pixel clips (their own seeds, apart from the DiT's and the eval's)."""
         from .data import PixelClips
@@ -227,11 +265,14 @@ class DemoRecipe:
         from ..models.vae import VAEConfig, ViTVAE
         from .vae_trainer import VAETrainer, VAETrainSettings
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         clips = self.vae_clips()
-        vae = ViTVAE(VAEConfig.from_ddconfig(DEMO_VAE_DDCONFIG)).init_weights(self.s.seed).requires_grad_(True)
+        ddconfig = dict(DEMO_VAE_DDCONFIG, mlp_ratio=self.s.vae_mlp_ratio)
+        vae = ViTVAE(VAEConfig.from_ddconfig(ddconfig)).init_weights(self.s.seed).requires_grad_(True)
         trainer = VAETrainer(vae, clips, VAETrainSettings(steps=self.s.vae_steps, batch=self.s.vae_batch,
-                                                          lr=self.s.vae_lr, seed=self.s.seed))
+                                                          lr=self.s.vae_lr, seed=self.s.seed,
+                                                          temporal_weight=self.s.vae_temporal_weight,
+                                                          lengths=tuple(self.s.vae_lengths)))
         outcome = run_loop(trainer, self._loop("vae", self.s.vae_steps))
         vae.load_state_dict(trainer.averaged_weights())
         vae.eval().requires_grad_(False)
@@ -244,7 +285,7 @@ class DemoRecipe:
         psnr = reconstruction_psnr(stored, probe)
         self._record("vae", time.perf_counter() - t0,
                      {**outcome["metrics"], "heldin_psnr_mean_decode": psnr, "latent_gain": gain,
-                      "params": stored.num_parameters()})
+                      "params": stored.num_parameters(), **self.heldout_vae_metrics(stored)}, outcome)
 
     def encode_latents(self) -> None:
         cache = self.work / "latents.safetensors"
@@ -254,12 +295,17 @@ class DemoRecipe:
         from .data import build_latent_cache
         from .synthetic import SyntheticPhysicsDataset
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         vae = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
         source = SyntheticPhysicsDataset(self.s.dit_clips, self.scene_config(self.s.clip_frames),
                                          first_seed=self.s.seed)
         clips = build_latent_cache(source, *inference_encoders(vae, fps=24), progress=self.s.progress,
                                    meta={"fps": 24, "clip_frames": self.s.clip_frames})
+        if self.s.caption_variants > 1:
+            from .captions import caption_variants
+
+            clips.caption_choices = [caption_variants(source.clip(i), source.config, self.s.caption_variants,
+                                                      seed=self.s.seed) for i in range(len(source))]
         clips.save(cache)
         std = float(clips.latents.std())
         self._record("latents", time.perf_counter() - t0,
@@ -276,13 +322,14 @@ class DemoRecipe:
         from ..models.vae import ViTVAE
         from .vae_trainer import VAETrainer, VAETrainSettings, reconstruction_psnr
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         clips = self.vae_clips()
         vae = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
         probe = clips.sample(16, 12, torch.Generator().manual_seed(1))
         before = reconstruction_psnr(vae, probe)
         settings = VAETrainSettings(steps=self.s.decoder_steps, batch=self.s.vae_batch, lr=self.s.decoder_lr,
-                                    train_encoder=False, seed=self.s.seed + 2)
+                                    train_encoder=False, seed=self.s.seed + 2,
+                                    temporal_weight=self.s.vae_temporal_weight, lengths=tuple(self.s.vae_lengths))
         trainer = VAETrainer(vae.requires_grad_(True), clips, settings)
         outcome = run_loop(trainer, self._loop("decoder", self.s.decoder_steps))
         vae.load_state_dict(trainer.averaged_weights())
@@ -291,7 +338,8 @@ class DemoRecipe:
         stored = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
         self._record("decoder", time.perf_counter() - t0,
                      {**outcome["metrics"], "heldin_psnr_mean_decode_before": before,
-                      "heldin_psnr_mean_decode": reconstruction_psnr(stored, probe)})
+                      "heldin_psnr_mean_decode": reconstruction_psnr(stored, probe), **self.heldout_vae_metrics(stored)},
+                     outcome)
 
     def build_text_encoder(self) -> None:
         if self._done("text"):
@@ -299,9 +347,9 @@ class DemoRecipe:
         from .data import LatentClips
         from .text_demo import build_tiny_t5, save_text_encoder, save_tokenizer, train_tokenizer
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         clips = LatentClips.load(self.work / "latents.safetensors")
-        tokenizer = train_tokenizer(clips.captions, vocab_size=self.s.vocab_size)
+        tokenizer = train_tokenizer(clips.all_captions(), vocab_size=self.s.vocab_size)
         tokenizer_dir = self.work / "tokenizer"
         save_tokenizer(tokenizer, tokenizer_dir, max_length=demo_model_config().caption_max_length)
         model = build_tiny_t5(tokenizer.get_vocab_size(), seed=self.s.seed)
@@ -316,9 +364,10 @@ class DemoRecipe:
         from ..models.dit import MagiDiT
         from .data import LatentClips
         from .dit_trainer import DiTTrainer, DiTTrainSettings, init_dit_for_training
+        from .captions import write_demo_vocabulary
         from .text_demo import TrainableCaptionEncoder, load_t5_module, save_text_encoder
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         config = self.config(distill=False)
         clips = LatentClips.load(self.work / "latents.safetensors")
         init_dir = self.work / "t5_init"
@@ -331,10 +380,11 @@ class DemoRecipe:
         outcome = run_loop(trainer, self._loop("dit", self.s.dit_steps))
         save_official(shipping_weights(trainer.averaged_weights(), self.config(distill=False).model_config.params_dtype),
                       self.dit_root / "inference_weight", compress_zst=True)
-        save_text_encoder(text.module, init_dir / "t5-v1_1-xxl", self.t5_root, weights=trainer.averaged_text_weights(),
-                          dtype=torch.bfloat16)
+        folder = save_text_encoder(text.module, init_dir / "t5-v1_1-xxl", self.t5_root,
+                                   weights=trainer.averaged_text_weights(), dtype=torch.bfloat16)
+        write_demo_vocabulary(folder)
         self._record("dit", time.perf_counter() - t0, {**outcome["metrics"],
-                                                      "params": sum(p.numel() for p in model.parameters())})
+                                                      "params": sum(p.numel() for p in model.parameters())}, outcome)
 
     def distill(self) -> None:
         if self._done("distill"):
@@ -346,7 +396,7 @@ class DemoRecipe:
         from .distill import DistillSettings, ShortcutDistiller
         from .text_demo import TrainableCaptionEncoder, load_t5_module
 
-        t0 = time.perf_counter()
+        t0 = self._start()
         config = self.config(distill=False)
         teacher = load_dit(config, device="cpu", dtype=torch.float32)
         student = MagiDiT(training_config(config).model_config, distill=True)
@@ -361,7 +411,7 @@ class DemoRecipe:
         outcome = run_loop(distiller, self._loop("distill", self.s.distill_steps))
         save_official(shipping_weights(distiller.averaged_weights(), config.model_config.params_dtype),
                       self.dit_root / "inference_weight.distill", compress_zst=True)
-        self._record("distill", time.perf_counter() - t0, dict(outcome["metrics"], cycle=distiller.cycle))
+        self._record("distill", time.perf_counter() - t0, dict(outcome["metrics"], cycle=distiller.cycle), outcome)
 
     def write_presets(self) -> None:
         self.presets.mkdir(parents=True, exist_ok=True)
@@ -383,8 +433,11 @@ class DemoRecipe:
             "",
             "stage times (minutes, summed over resumes):",
         ]
-        lines += [f"  {stage:8s} {seconds / 60:6.1f}" for stage, seconds in self.timings.items()]
-        lines += [f"  {'total':8s} {sum(self.timings.values()) / 60:6.1f}", "", "stage results:"]
+        lines[-1] = "stage times (minutes, summed over resumes; wall clock, and CPU time / 2 cores):"
+        lines += [f"  {stage:8s} {seconds / 60:6.1f}  cpu/2 {self.cpu_timings.get(stage, 0.0) / 120:6.1f}"
+                  for stage, seconds in self.timings.items()]
+        lines += [f"  {'total':8s} {sum(self.timings.values()) / 60:6.1f}  cpu/2 "
+                  f"{sum(self.cpu_timings.values()) / 120:6.1f}", "", "stage results:"]
         lines += [f"  {stage:8s} {json.dumps(result)}" for stage, result in self.results.items()]
         lines += ["", f"weights: {weights / 2**20:.2f} MiB in all"]
         lines += [f"  {name}: {size / 2**20:.2f} MiB" for name, size in sizes.items() if name.endswith((".safetensors", ".zst"))]
@@ -483,22 +536,12 @@ def _check_close(batched: torch.Tensor, reference: torch.Tensor, what: str) -> N
         raise RuntimeError(f"batched {what} encoding differs from the inference helper; refusing to build the cache")
 
 
-def contact_sheet(frames, every: int = 6, columns: int = 16):
-    """uint8 (T, H, W, 3) → one uint8 image: every `every`-th frame, `columns` per row (for eyeballing)."""
-    import numpy as np
-
-    picked = list(frames[::every])
-    while len(picked) % columns:
-        picked.append(np.zeros_like(picked[0]))
-    rows = [np.concatenate(picked[i : i + columns], axis=1) for i in range(0, len(picked), columns)]
-    return np.concatenate(rows, axis=0)
-
-
 def preview(preset: str | Path, prompt: str, png_path: str | Path, *, seed: int | None = None,
             num_frames: int | None = None, image=None, video=None) -> Path:
     """Generate with a demo preset and save a contact sheet of the frames (checks after training)."""
     from PIL import Image
 
+    from ..io.contact_sheet import contact_sheet
     from ..pipeline import MagiPipeline
     from ..utils import video_to_uint8
 

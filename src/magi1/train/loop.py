@@ -118,7 +118,7 @@ class LossLog:
 
 def run_loop(trainer: Steppable, settings: LoopSettings) -> dict:
     """Train from the last saved state (if any) up to `total_steps`; returns the final metrics and timing."""
-    start_step, elapsed_before = 0, 0.0
+    start_step, elapsed_before, cpu_before = 0, 0.0, 0.0
     if settings.state_dir:
         saved = load_state(settings.state_dir)
         if saved is not None:
@@ -126,14 +126,17 @@ def run_loop(trainer: Steppable, settings: LoopSettings) -> dict:
             trainer.load_state_parts(parts, meta)
             start_step = int(meta["step"])
             elapsed_before = float(meta.get("elapsed_s", 0.0))
+            cpu_before = float(meta.get("cpu_s", 0.0))
     log = LossLog(settings.log_path, settings.desc)
     started = time.perf_counter()
+    cpu_started = time.process_time()  # CPU seconds of all threads: the machine's share, whatever else runs
     last_save = started
     last_means: dict[str, float] = {}
 
     def save(step: int) -> None:
         parts, meta = trainer.state_parts()
-        meta = dict(meta, step=step, elapsed_s=elapsed_before + time.perf_counter() - started)
+        meta = dict(meta, step=step, elapsed_s=elapsed_before + time.perf_counter() - started,
+                    cpu_s=cpu_before + time.process_time() - cpu_started)
         save_state(settings.state_dir, parts, meta)
 
     bar = tqdm(range(start_step, settings.total_steps), initial=start_step, total=settings.total_steps,
@@ -153,4 +156,4 @@ def run_loop(trainer: Steppable, settings: LoopSettings) -> dict:
             last_save = time.perf_counter()
     bar.close()
     return {"metrics": last_means, "elapsed_s": elapsed_before + time.perf_counter() - started,
-            "resumed_from": start_step}
+            "resumed_from": start_step, "elapsed_before_s": elapsed_before, "cpu_before_s": cpu_before}

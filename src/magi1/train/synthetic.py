@@ -370,14 +370,23 @@ def render_frames(
 # -------------------------------------------------------------------------------------------- captions
 
 
-def _verb(singular: str) -> tuple[str, str]:
-    """(singular, plural) of a verb phrase whose first word is a 3rd-person verb: "rolls left" → "roll left"."""
+def plural_verb_phrase(singular: str) -> str:
+    """The plural of a verb phrase whose first word is a 3rd-person verb: "rolls left" → "roll left"."""
     first, _, rest = singular.partition(" ")
     plural = first[:-2] if first.endswith("es") and first[:-2].endswith(("sh", "ch", "ss")) else first[:-1]
-    return singular, (plural + (" " + rest if rest else ""))
+    return plural + (" " + rest if rest else "")
 
 
-def _motion_verbs(index: int, obj: SceneObject, positions, velocities, events,
+def _verb(singular: str) -> tuple[str, str]:
+    return singular, plural_verb_phrase(singular)
+
+
+def scene_background(seed: int, config: SceneConfig = SceneConfig()) -> tuple[int, int, int]:
+    """The background colour of the clip of `seed`."""
+    return sample_scene(seed, config).background
+
+
+def motion_phrases(index: int, obj: SceneObject, positions, velocities, events,
                   config: SceneConfig) -> list[tuple[str, str]]:
     """(singular, plural) verb phrases for what object `index` does, read off its trajectory and events."""
     x, y = positions[:, index, 0], positions[:, index, 1]
@@ -420,7 +429,7 @@ def describe(objects, positions, velocities, events, config: SceneConfig) -> str
     """
     groups: dict[tuple, list[int]] = {}
     for i, obj in enumerate(objects):
-        verbs = tuple(_motion_verbs(i, obj, positions, velocities, events, config))
+        verbs = tuple(motion_phrases(i, obj, positions, velocities, events, config))
         groups.setdefault(verbs, []).append(i)
     clauses = []
     for verbs, members in groups.items():

@@ -48,6 +48,21 @@ def foreground_weights(pixels: torch.Tensor, extra: float) -> torch.Tensor:
     return 1.0 + extra * differs
 
 
+def change_magnitude_l1(recon: torch.Tensor, pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 between how much each pixel changes from frame to frame in the reconstruction and the clip.
+
+    [choice] A per-frame loss lets the decoder paint one frame per latent frame: while it cannot yet tell where
+    an object is inside the 4 frames a latent covers, the frame that minimises L1 is the same "median" frame
+    four times, with all the change at the latent-frame boundary. Matching the signed changes does not help
+    (their L1 optimum under doubt is "no change" again); matching their magnitudes does: a frozen group costs
+    the motion it misses, a jump at a boundary costs the change the clip does not have there.
+    recon, pixels: (B, 3, T, H, W); weight: (B, 1, T, H, W). Every frame pair counts, across boundaries too.
+    """
+    change = lambda x: (x[:, :, 1:] - x[:, :, :-1]).abs()  # noqa: E731  (B, C, T-1, H, W)
+    pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])
+    return ((change(recon) - change(pixels)).abs() * pair_weight).mean()
+
+
 @dataclass
 class VAETrainSettings:
     steps: int = 1500
@@ -59,6 +74,7 @@ class VAETrainSettings:
     lengths: tuple[int, ...] = (12, 4, 4, 1)        # frames per crop, drawn uniformly; 1 = image repeated 4x
     kl_weight: float = 1e-4
     mse_weight: float = 1.0
+    temporal_weight: float = 0.0                    # L1 on frame-to-frame changes (see change_magnitude_l1)
     foreground_weight: float = 8.0                  # extra weight on pixels unlike the frame's background
     grad_clip: float = 1.0
     ema_decay: float = 0.995
@@ -107,13 +123,18 @@ class VAETrainer:
         mse = (recon - pixels).pow(2).mean()
         kl = kl_to_standard_normal(mean, logvar)
         loss = l1 + s.mse_weight * (weight * (recon - pixels).pow(2)).mean() + s.kl_weight * kl
+        metrics = {}
+        if s.temporal_weight > 0 and pixels.shape[2] > 1:
+            temporal = change_magnitude_l1(recon, pixels, weight)
+            loss = loss + s.temporal_weight * temporal
+            metrics["dt_l1"] = float(temporal.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), s.grad_clip)
         self.optimizer.step()
         self.ema.update(self.vae)
         psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
-        return {"l1": float(l1.detach()), "kl": float(kl.detach()), "psnr": float(psnr), "grad": float(grad)}
+        return {"l1": float(l1.detach()), "kl": float(kl.detach()), "psnr": float(psnr), "grad": float(grad), **metrics}
 
     # ------------------------------------------------------------------ state
     def state_parts(self):
