@@ -71,7 +71,8 @@ def evaluate_quality(args) -> QualityResult:
         for mode in args.modes:
             inputs = {"video": clip.frames[:PREFIX_FRAMES]} if mode == "v2v" else {}
             frames = pipe(clip.caption, num_frames=args.num_frames, seed=args.seed + k, progress=False,
-                          num_inference_steps=args.steps, output_type="np", **inputs).frames
+                          num_inference_steps=args.steps, output_type="np", **inputs).frames[0]  # one video of the batch
+            frames = np.round(frames * 255.0).astype(np.uint8)  # "np" is float in [0, 1], exact from uint8
             # A decoded video ends at the end of a chunk (so of a 4-frame group); a v2v continuation starts inside
             # the chunk that holds the end of the prefix, so its groups and chunks are counted from the end.
             chunk = 4 * r.chunk_width
