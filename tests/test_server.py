@@ -85,7 +85,7 @@ class FakePipeline:
                     return
                 time.sleep(self.step_delay)
                 if callback:
-                    callback({"type": "step", "step": index * steps + step, "total_steps": total})
+                    callback({"type": "step", "step": index * steps + step + 1, "total_steps": total})
             frames = np.zeros((FRAMES_PER_CHUNK, height, width, 3), np.uint8)
             frames[..., index % 3] = 200
             if callback:
@@ -133,6 +133,11 @@ def mp4_frames(data: bytes) -> tuple[int, int, int]:
     with av.open(io.BytesIO(data), format="mp4") as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return len(frames), frames[0].shape[0], frames[0].shape[1]
+
+
+def job_folders(results: Path) -> list[str]:
+    """Every entry of a results folder but its lock file (job folders, and anything left behind)."""
+    return sorted(p.name for p in results.iterdir() if p.name != ".magi1-serve.lock")
 
 
 def png_bytes(size=(40, 30), noise=False) -> bytes:
@@ -193,7 +198,7 @@ def test_submit_progress_and_valid_mp4(server):
     assert chunk.status_code == 200 and mp4_frames(chunk.content) == (FRAMES_PER_CHUNK, SIZE, SIZE)
     download = client.get(f"{job['urls']['video']}?download=1")
     assert "attachment" in download.headers["content-disposition"]
-    listed = client.get("/v1/jobs").json()["jobs"]
+    listed = client.get("/v1/jobs").json()["data"]
     assert [j["id"] for j in listed] == [job["id"]]
     assert pipeline.calls[-1]["prompt"] == "three coloured chunks"
 
@@ -256,7 +261,7 @@ def test_queue_full_gets_429_and_nothing_accepted_is_lost(tmp_path):
         pipeline.release.set()
         states = [wait_finished(client, j["id"])["state"] for j in [first] + [r.json() for r in accepted]]
         assert states == ["done", "done", "done"]
-        assert len(list((tmp_path / "results").iterdir())) == 3  # the refused job left no folder behind
+        assert len(job_folders(tmp_path / "results")) == 3  # the refused job left no folder behind
 
 
 def test_bad_uploads_and_fields_get_clear_4xx(tmp_path):
@@ -329,7 +334,7 @@ def test_bad_uploads_and_fields_get_clear_4xx(tmp_path):
                      "/v1/jobs/" + "0" * 32 + "/video"):
             assert client.get(path).status_code == 404
         # Nothing refused left a folder behind.
-        assert list((tmp_path / "results").iterdir()) == []
+        assert job_folders(tmp_path / "results") == []
 
         # And good uploads work, each stored under a server-chosen name.
         image_job = submit(client, prompt="p", num_frames=4, files={"file": ("../../x.png", png_bytes(), "image/png")})
@@ -438,40 +443,3 @@ def test_host_header_checked_when_bound_to_loopback(tmp_path):
     with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
         assert client.get("/health").status_code == 200
         assert client.get("/health", headers={"host": "attacker.example"}).status_code == 400
-
-
-def test_main_serve_wires_the_command_line(monkeypatch, tmp_path):
-    """`magi1 serve` flags reach the app; the model is built from the config by the worker; loopback is guarded."""
-    import uvicorn
-
-    import magi1.config
-    import magi1.pipeline
-    from magi1.server.app import main_serve
-
-    pipeline = FakePipeline()
-    built, served = [], {}
-    monkeypatch.setattr(magi1.config, "load_config", lambda name: SimpleNamespace(name=name))
-    monkeypatch.setattr(magi1.pipeline, "check_weights_present", lambda config: None)
-    monkeypatch.setattr(magi1.pipeline.MagiPipeline, "from_pretrained",
-                        classmethod(lambda cls, config, **kw: built.append((config.name, kw)) or pipeline))
-
-    def fake_run(app, host, port, **kwargs):
-        served.update(host=host, port=port, settings=app.state.settings)
-        with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=WAIT_S) as client:
-            job = submit(client, prompt="from the command line", num_frames=4).json()
-            served["state"] = wait_finished(client, job["id"])["state"]
-            served["results"] = sorted(p.name for p in app.state.settings.results_dir.iterdir())
-
-    monkeypatch.setattr(uvicorn, "run", fake_run)
-    args = SimpleNamespace(config_file="demo", host="127.0.0.1", port=8123, device="cpu", dtype=None,
-                           special_tokens=None, max_queue=3, results_dir=str(tmp_path / "kept"))
-    assert main_serve(args) == 0
-    assert served["host"] == "127.0.0.1" and served["port"] == 8123 and served["state"] == "done"
-    assert served["settings"].max_queue == 3 and served["settings"].allowed_hosts == LOOPBACK_HOSTS
-    assert built == [("demo", {"device": "cpu", "dtype": None, "special_tokens_path": None})]
-    assert len(list((tmp_path / "kept").iterdir())) == 1  # --results_dir keeps results after the server stops
-
-    args.results_dir, args.host = None, "0.0.0.0"
-    assert main_serve(args) == 0
-    assert served["settings"].allowed_hosts is None
-    assert not served["settings"].results_dir.exists()  # the temporary results folder is removed at exit

@@ -74,11 +74,11 @@ def tiny_settings(defaults: dict) -> dict:
 
 def drive_page(tmp_path: Path, pipeline_factory, screenshot: Path, *, play_timeout_s: float,
                prompt: str = "a red ball and a blue square bounce on the floor", extra_fields: dict | None = None,
-               after_play=None) -> None:
+               after_play=None, **settings_changes) -> None:
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
-    settings = ServerSettings(results_dir=tmp_path / "results", allowed_hosts=LOOPBACK_HOSTS)
+    settings = ServerSettings(results_dir=tmp_path / "results", allowed_hosts=LOOPBACK_HOSTS, **settings_changes)
     app = create_app(pipeline_factory, settings)
     with serve_in_background(app) as base_url:
         with httpx.Client(base_url=base_url, timeout=10) as client:
@@ -138,7 +138,8 @@ def test_page_plays_a_t2v_job_on_the_fake_pipeline(tmp_path):
         drive_page(tmp_path, lambda: pipeline, ARTIFACTS / "serve-page-fake-pipeline.png", play_timeout_s=30,
                    prompt="hold: a red ball and a blue square bounce on the floor",
                    extra_fields={"num_frames": "16", "height": "64", "width": "96"},
-                   after_play=first_chunk_plays_before_the_rest_exist)
+                   after_play=first_chunk_plays_before_the_rest_exist,
+                   max_job_cost=10**7)  # the fake's default job is tiny; this one is 24x it
     finally:
         pipeline.release.set()
 

@@ -65,6 +65,7 @@ def test_the_page_shows_the_step_preview_while_a_job_runs(tmp_path):
         drive_page(tmp_path, lambda: pipeline, ARTIFACTS / "serve-page-preview-first-chunk.png", play_timeout_s=30,
                    prompt="hold: a red ball bounces", extra_fields={"num_frames": "16", "height": "64",
                                                                      "width": "96"},
-                   after_play=preview_is_shown)
+                   after_play=preview_is_shown,
+                   max_job_cost=10**7)  # the fake's default job is tiny; this one is 24x it
     finally:
         pipeline.release.set()

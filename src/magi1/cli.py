@@ -235,7 +235,28 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--dtype", default=None)
     p.add_argument("--special_tokens", default=None)
     p.add_argument("--max_queue", type=int, default=8)
-    p.add_argument("--results_dir", default=None, help="where finished videos are kept (default: a temp folder)")
+    p.add_argument("--results_dir", default=None,
+                   help="where jobs and videos are kept, and interrupted jobs resume from (default: a temp folder); "
+                        "one server per folder")
+    p.add_argument("--max_job_cost", type=_positive_int, default=None,
+                   help="per-job budget in pixel-steps, frames x height x width x steps (default: 8x the config's "
+                        "default job)")
+    p.add_argument("--max_jobs_per_client", type=_positive_int, default=None,
+                   help="unfinished jobs one client may have at a time (default 8)")
+    p.add_argument("--result_ttl_hours", type=_positive_float, default=None,
+                   help="finished jobs are deleted this long after they finish (default 24)")
+    p.add_argument("--max_results_gb", type=_positive_float, default=None,
+                   help="oldest finished jobs are deleted while all results take more than this (default 10)")
+    p.add_argument("--min_free_disk_gb", type=_non_negative_float, default=None,
+                   help="new jobs are refused (507) while the disk has less free space than this (default 1)")
+    p.add_argument("--header_timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="a request's headers must arrive within this (default 10)")
+    p.add_argument("--body_timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="a request's body must arrive within this (default 120)")
+    p.add_argument("--keep_alive_timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="idle keep-alive connections are closed after this (default 5)")
+    p.add_argument("--pipeline", default=None, metavar="MODULE:CALLABLE",
+                   help="serve your own pipeline: CALLABLE(config) returns an object with MagiPipeline's stream()")
     p.set_defaults(func=run_serve)
 
 
@@ -249,7 +270,28 @@ def run_serve(args) -> int:
     if missing:
         raise UsageError(f"magi1 serve needs the server extra ({', '.join(missing)} not installed): "
                          f"pip install 'magi1[serve]'")
-    return _delegate("magi1.server.app", "main_serve", args)
+    return _delegate("magi1.server.serve_command", "main_serve", args)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def add_train_parser(subparsers) -> None:

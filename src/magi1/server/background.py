@@ -28,7 +28,11 @@ def serve_in_background(app, host: str = "127.0.0.1", port: int = 0, *, start_ti
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    from .http_server import uvicorn_config
+    from .settings import ServerSettings
+
+    settings = getattr(app.state, "settings", None) or ServerSettings()
+    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=bound_port, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="magi1-server", daemon=True)
     thread.start()
     try:

@@ -7,6 +7,7 @@ web page behave identically. Mistakes raise BadRequest with a sentence meant for
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -17,6 +18,9 @@ INT_FIELDS = ("num_frames", "height", "width", "steps", "seed")
 KNOWN_FIELDS = ("mode", "prompt", "chunk_prompts", "negative_prompt", "keep_aspect", *INT_FIELDS)
 MAX_SEED = 2**63 - 1
 UPLOAD_FIELD = "file"
+# A whole number as text: an optional minus and ASCII digits only ("²", "①", "٣", "--5", "1e3", "0x10" are not).
+WHOLE_NUMBER_TEXT = re.compile(r"-?[0-9]{1,40}", re.ASCII)
+MAX_ECHOED_NAMES = 5
 
 
 class BadRequest(ValueError):
@@ -72,15 +76,15 @@ class JobRequest:
 
 def parse_job_fields(fields: Mapping[str, Any], settings: ServerSettings, *, upload_kind: str | None) -> JobRequest:
     """Check the fields of a submission; `upload_kind` is "image", "video" or None (no file sent)."""
-    unknown = sorted(set(fields) - set(KNOWN_FIELDS))
+    unknown = [name for name in fields if name not in KNOWN_FIELDS]
     if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(KNOWN_FIELDS)}")
+        raise BadRequest(f"unknown field(s) {echo_names(unknown)}; known: {', '.join(KNOWN_FIELDS)}")
     mode = _mode(fields.get("mode"), upload_kind)
     prompt = _text(fields.get("prompt"), "prompt", settings)
     chunk_prompts = _chunk_prompts(fields.get("chunk_prompts"), settings)
     if not prompt and not (chunk_prompts and 0 in chunk_prompts):
         raise BadRequest("a prompt is required (or chunk_prompts with an entry for chunk 0)")
-    ints = {name: _int(fields.get(name), name) for name in INT_FIELDS}
+    ints = {name: whole_number(fields.get(name), name) for name in INT_FIELDS}
     _check_limits(ints, settings)
     return JobRequest(mode=mode, prompt=prompt, chunk_prompts=chunk_prompts,
                       negative_prompt=_text(fields.get("negative_prompt"), "negative_prompt", settings),
@@ -112,7 +116,11 @@ def _text(value: Any, name: str, settings: ServerSettings) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"{name} must be text")
+        raise BadRequest(f"{name} must be text, got {json_kind(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
     value = value.strip()
     if len(value) > settings.max_prompt_chars:
         raise BadRequest(f"{name} is {len(value)} characters; the limit is {settings.max_prompt_chars}")
@@ -126,7 +134,7 @@ def _chunk_prompts(value: Any, settings: ServerSettings) -> dict[int, str] | Non
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise BadRequest('chunk_prompts must be JSON: a list of prompts or an object like '
                              '{"2": "a new prompt"}') from None
     if isinstance(value, list):
@@ -137,7 +145,7 @@ def _chunk_prompts(value: Any, settings: ServerSettings) -> dict[int, str] | Non
         raise BadRequest(f"chunk_prompts has {len(value)} entries; the limit is {settings.max_chunk_prompts}")
     schedule: dict[int, str] = {}
     for key, text in value.items():
-        index = _int(key, "a chunk_prompts key")
+        index = whole_number(key, "a chunk_prompts key")
         if index is None or index < 0 or index >= settings.max_frames:
             raise BadRequest(f"chunk_prompts keys must be chunk indices from 0, got {str(key)[:20]!r}")
         prompt = _text(text, f"chunk_prompts[{index}]", settings)
@@ -147,16 +155,38 @@ def _chunk_prompts(value: Any, settings: ServerSettings) -> dict[int, str] | Non
     return schedule or None
 
 
-def _int(value: Any, name: str) -> int | None:
+def echo_names(names: list, limit: int = MAX_ECHOED_NAMES) -> str:
+    """A few of `names`, each shortened, for an error message that must stay small however many were sent."""
+    shown = ", ".join(repr(str(name)[:40]) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def short_number(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"a number of {len(text)} digits"
+
+
+def json_kind(value: Any) -> str:
+    return {list: "a list", dict: "an object", str: "text"}.get(type(value), type(value).__name__)
+
+
+def whole_number(value: Any, name: str) -> int | None:
+    """An int from a JSON number or from form text of ASCII digits; None when left empty."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool):
         raise BadRequest(f"{name} must be a whole number, got {value!r}")
     if isinstance(value, int):
         return value
-    text = str(value).strip()
-    if not text.lstrip("-").isdigit() or len(text) > 20:
-        raise BadRequest(f"{name} must be a whole number, got {text[:20]!r}")
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise BadRequest(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a whole number, got {json_kind(value)}")
+    text = value.strip(" \t")
+    if not WHOLE_NUMBER_TEXT.fullmatch(text):
+        raise BadRequest(f"{name} must be a whole number written with the digits 0-9, got {text[:20]!r}")
     return int(text)
 
 
@@ -179,10 +209,10 @@ def _check_limits(ints: dict[str, int | None], settings: ServerSettings) -> None
     for name, cap in caps.items():
         value = ints[name]
         if value is not None and not 1 <= value <= cap:
-            raise BadRequest(f"{name} must be between 1 and {cap} on this server, got {value}")
+            raise BadRequest(f"{name} must be between 1 and {cap} on this server, got {short_number(value)}")
     for name in ("height", "width"):
         if ints[name] is not None and ints[name] % 16:
-            raise BadRequest(f"{name} must be a multiple of 16, got {ints[name]}")
+            raise BadRequest(f"{name} must be a multiple of 16, got {short_number(ints[name])}")
     seed = ints["seed"]
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise BadRequest(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+        raise BadRequest(f"seed must be between 0 and {MAX_SEED}, got {short_number(seed)}")

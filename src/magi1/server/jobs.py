@@ -1,10 +1,13 @@
-"""The job store: accepted jobs, a bounded queue of waiting ones, and the one worker thread that runs them.
+"""The job store: accepted jobs, a bounded queue of waiting ones, retention, and the one worker thread.
 
 One worker per model, because the GPU (or the CPU) is the bottleneck: two jobs at once would each run at
-half speed and need twice the memory. Every job lives in its own folder, <results_dir>/<random hex id>/,
-holding job.json (its state, rewritten atomically at every change), the upload it was given, one mp4 per
-finished chunk and, at the end, video.mp4. Because job.json is on disk, a server restarted on the same
-results folder picks up what it had accepted: queued and interrupted jobs run again, results stay listed.
+half speed and need twice the memory. Every job lives in its own folder (job_record.py). Because job.json
+is on disk, a server restarted on the same results folder takes back what it had accepted: queued jobs
+run, interrupted ones resume after their last finished chunk, results stay listed.
+
+Consistency: every change of a job's state, the queue or the job table happens under one lock, and a job
+folder appears whole (it is filled as <results_dir>/.incoming-<id>, then renamed), so a crash or a refusal
+half-way through a submission leaves nothing a later server would take for a job.
 """
 
 from __future__ import annotations
@@ -13,219 +16,240 @@ import collections
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .clients import SHARED_CLIENT, client_key
+from .cost import JobCost
+from .job_record import JOB_FILE, JOB_ID_PATTERN, STAGING_PREFIX, Job, JobState
 from .job_request import JobRequest
 from .previews import JobPreviews
-from .settings import ServerSettings
+from .results_folder import folder_bytes, free_disk_bytes, hold_results_folder
+from .settings import GiB, ServerSettings
 
 logger = logging.getLogger(__name__)
 
-JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-INPUT_NAME_PATTERN = re.compile(r"^input\.[a-z0-9]{1,5}$")
-JOB_FILE = "job.json"
-VIDEO_FILE = "video.mp4"
-MAX_ERROR_CHARS = 500
+__all__ = ["Job", "JobState", "JobStore", "QueueFull", "ModelUnavailable", "ClientOverLimit", "LowDisk",
+           "Refusal", "StagedJob"]
 
 
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+class Refusal(Exception):
+    """A valid job the server cannot take now; `status` is the HTTP answer."""
 
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+    status = 503
+    retry_after: int | None = None
 
 
-class QueueFull(Exception):
-    pass
+class QueueFull(Refusal):
+    status, retry_after = 429, 10
 
 
-class ModelUnavailable(Exception):
-    pass
+class ClientOverLimit(Refusal):
+    status, retry_after = 429, 30
+
+
+class ModelUnavailable(Refusal):
+    status = 503
+
+
+class LowDisk(Refusal):
+    status = 507
 
 
 @dataclass
-class Job:
+class StagedJob:
+    """A submission being checked: its files go into `folder`, which becomes the job folder on commit."""
+
     id: str
     folder: Path
-    request: JobRequest
-    state: JobState = JobState.QUEUED
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    progress: float = 0.0
-    step: int | None = None
-    total_steps: int | None = None
-    chunks_ready: int = 0
-    num_chunks: int | None = None
-    fps: int | None = None
-    has_video: bool = False
-    # Not saved: a restarted server starts every job afresh.
-    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-    delete_requested: bool = False
-
-    @property
-    def video_path(self) -> Path:
-        return self.folder / VIDEO_FILE
-
-    @property
-    def input_path(self) -> Path | None:
-        return self.folder / self.request.input_name if self.request.input_name else None
-
-    def chunk_path(self, index: int) -> Path:
-        return self.folder / f"chunk-{int(index):04d}.mp4"
-
-    def to_record(self) -> dict:
-        """What job.json holds."""
-        return {
-            "id": self.id, "state": self.state.value, "request": self.request.to_dict(),
-            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-            "error": self.error, "progress": self.progress, "chunks_ready": self.chunks_ready,
-            "num_chunks": self.num_chunks, "fps": self.fps, "has_video": self.has_video,
-        }
-
-    @classmethod
-    def from_record(cls, folder: Path, record: dict) -> "Job":
-        request = JobRequest.from_dict(record["request"])
-        if request.input_name is not None and not INPUT_NAME_PATTERN.match(request.input_name):
-            raise ValueError(f"unexpected input file name {request.input_name!r}")
-        job = cls(id=folder.name, folder=folder, request=request, state=JobState(record["state"]),
-                  created_at=float(record["created_at"]))
-        job.started_at, job.finished_at = record.get("started_at"), record.get("finished_at")
-        job.error = record.get("error")
-        job.progress = float(record.get("progress") or 0.0)
-        job.chunks_ready = int(record.get("chunks_ready") or 0)
-        job.num_chunks = record.get("num_chunks")
-        job.fps = record.get("fps")
-        job.has_video = bool(record.get("has_video"))
-        return job
 
 
 class JobStore:
-    """Thread-safe: HTTP handlers call submit/get/list/cancel/delete while the worker runs jobs."""
+    """Thread-safe: HTTP handlers call stage/commit/get/page/cancel/delete while the worker runs jobs."""
 
-    def __init__(self, settings: ServerSettings, pipeline_factory: Callable[[], Any]):
+    def __init__(self, settings: ServerSettings, pipeline_factory: Callable[[], Any], config=None):
         self.settings = settings
         self.pipeline_factory = pipeline_factory
+        self._config = config
         self.previews = JobPreviews()  # the newest latent preview of each running job, for the page
         self.pipeline = None
         self.model_state = "loading"          # loading | ready | failed
         self.model_error: str | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[Job] = collections.deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._running: Job | None = None
+        self._folder_lock = None
+
+    @property
+    def config(self):
+        """The model's config (MagiConfig) if known: given up front, or the loaded pipeline's."""
+        if self._config is not None:
+            return self._config
+        config = getattr(self.pipeline, "config", None)
+        return config if hasattr(config, "replace") and hasattr(config, "runtime_config") else None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def unfinished_count(self) -> int:
+        with self._lock:
+            return sum(not j.state.finished for j in self._jobs.values())
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.settings.results_dir.mkdir(parents=True, exist_ok=True)
+        """Lock the results folder (ResultsFolderBusy if another server holds it), take back its jobs, work."""
+        self._folder_lock = hold_results_folder(self.settings.results_dir)
         self._reload()
         self._worker = threading.Thread(target=self._work, name="magi1-worker", daemon=True)
         self._worker.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker; a running job stops at its next check and goes back to the queue on disk."""
+    def request_stop(self) -> None:
+        """Tell the worker to stop at its next step (safe from a signal handler: it only sets a flag)."""
+        self._stopping.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the worker; a running job stops at its next step and resumes on restart. True once stopped."""
+        timeout = self.settings.worker_stop_s if timeout is None else timeout
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()
         if self._worker is not None:
             self._worker.join(timeout)
             if self._worker.is_alive():
-                logger.warning("the worker did not stop within %.0fs", timeout)
+                logger.warning("the running job did not reach a step boundary within %.0fs; it resumes from its "
+                               "last finished chunk on restart", timeout)
+                return False
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
+        return True
 
-    # ------------------------------------------------------------------ client-facing operations
-    def reserve(self) -> Job:
-        """A fresh id and folder for a submission whose upload is still being checked."""
-        self._check_accepting()
+    # ------------------------------------------------------------------ submissions
+    def stage(self) -> StagedJob:
+        """A fresh id and a hidden folder for a submission whose files are still being checked."""
+        self.settings.results_dir.mkdir(parents=True, exist_ok=True)
         while True:
             job_id = secrets.token_hex(16)
-            folder = self.settings.results_dir / job_id
+            folder = self.settings.results_dir / f"{STAGING_PREFIX}{job_id}"
             try:
-                folder.mkdir(parents=True)
-                break
+                folder.mkdir()
+                return StagedJob(job_id, folder)
             except FileExistsError:
                 continue
-        return Job(id=job_id, folder=folder, request=JobRequest())
 
-    def release(self, job: Job) -> None:
-        """Give up a reservation (the submission was refused)."""
-        shutil.rmtree(job.folder, ignore_errors=True)
+    def discard(self, staged: StagedJob) -> None:
+        """Give up a staged submission (it was refused)."""
+        shutil.rmtree(staged.folder, ignore_errors=True)
 
-    def submit(self, job: Job, request: JobRequest) -> Job:
-        """Queue a reserved job; raises QueueFull or ModelUnavailable (and removes the folder) when refused."""
+    def commit(self, staged: StagedJob, request: JobRequest, *, client: str = SHARED_CLIENT,
+               cost: JobCost | None = None) -> Job:
+        """Queue a checked submission, or raise a Refusal (the caller discards the staged folder)."""
+        key = client_key(client)
         with self._wake:
-            refusal = self._refusal()
-            if refusal is None:
-                job.request = request
-                job.created_at = time.time()
-                self._jobs[job.id] = job
-                self._queue.append(job)
-                self._save(job)
-                self._wake.notify_all()
-        if refusal is not None:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            raise refusal
+            refusal = self._refusal(key)
+            if refusal is not None:
+                raise refusal
+            job = Job(id=staged.id, folder=staged.folder, request=request, client=key, cost=cost,
+                      disk_bytes=folder_bytes(staged.folder))
+            self._save(job)
+            final = self.settings.results_dir / staged.id
+            os.rename(staged.folder, final)  # the job folder appears whole, with its job.json
+            job.folder = final
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._wake.notify_all()
         logger.info("job %s queued (%s)", job.id, request.mode)
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def check_capacity(self, client: str = SHARED_CLIENT) -> None:
+        """Raise the Refusal a submission from `client` would get now (cheap; commit checks again)."""
+        with self._lock:
+            refusal = self._refusal(client_key(client))
+        if refusal is not None:
+            raise refusal
+
+    def _refusal(self, key: str) -> Refusal | None:
+        """Why a new job from client `key` cannot be accepted now, or None (caller holds the lock)."""
+        s = self.settings
+        if self.model_state == "failed":
+            return ModelUnavailable(f"the model failed to load: {self.model_error}")
+        try:
+            free = free_disk_bytes(s.results_dir)
+        except OSError:
+            free = None
+        if free is not None and free < s.min_free_disk_bytes:
+            return LowDisk(f"the server is low on disk space ({free / GiB:.2f} GiB free, new jobs need at least "
+                           f"{s.min_free_disk_bytes / GiB:.2f} GiB); try again once old results have expired")
+        if len(self._queue) >= s.max_queue:
+            return QueueFull(f"the queue is full ({s.max_queue} jobs waiting); try again later")
+        mine = [j for j in self._jobs.values() if j.client == key]
+        unfinished = sum(not j.state.finished for j in mine)
+        if unfinished >= s.max_jobs_per_client:
+            return ClientOverLimit(f"you already have {unfinished} unfinished jobs, the most one client may have "
+                                   f"here; wait for one to finish or cancel one")
+        stored = sum(j.disk_bytes for j in mine)
+        if stored >= s.max_bytes_per_client:
+            return ClientOverLimit(f"your results take {stored / GiB:.2f} GiB, the most one client may keep here "
+                                   f"({s.max_bytes_per_client / GiB:.2f} GiB); delete some jobs or wait for them "
+                                   f"to expire")
+        return None
+
+    # ------------------------------------------------------------------ reading
+    def get(self, job_id: str, client: str | None = None) -> Job | None:
+        """The job, or None if there is none with this id that `client` (when given) may see."""
         if not JOB_ID_PATTERN.match(job_id or ""):
             return None
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None or (client is not None and job.client != client_key(client)):
+            return None
+        return job
 
-    def list(self) -> list[Job]:
+    def list(self, client: str | None = None) -> list[Job]:
+        """Jobs newest first (only `client`'s when given)."""
+        key = None if client is None else client_key(client)
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+            jobs = [j for j in self._jobs.values() if key is None or j.client == key]
+        return sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)
 
-    def cancel(self, job: Job) -> bool:
-        """Cancel a queued or running job; False when it had already finished."""
-        with self._wake:
-            if job.state.finished:
-                return False
-            job.cancel_requested.set()
-            if job.state is JobState.QUEUED:
-                self._queue.remove(job)
-                self._finish(job, JobState.CANCELLED)
-            self._wake.notify_all()
-        logger.info("job %s cancel requested", job.id)
-        return True
+    def page(self, client: str | None, *, limit: int, after: str | None = None,
+             order: str = "desc") -> tuple[list[Job], bool]:
+        """One page of `list`, as OpenAI list endpoints page: the `limit` jobs after the one with id `after`.
 
-    def delete(self, job: Job) -> None:
-        """Forget a job and remove its folder; a running job is cancelled and removed when it stops."""
-        with self._wake:
-            self._jobs.pop(job.id, None)
-            job.delete_requested = True
-            job.cancel_requested.set()
-            if job.state is JobState.QUEUED:
-                self._queue.remove(job)
-            running = job is self._running
-        self.previews.forget(job.id)
-        if not running:
-            shutil.rmtree(job.folder, ignore_errors=True)
-        logger.info("job %s deleted", job.id)
+        Raises KeyError when `after` names no job this client can see.
+        """
+        jobs = self.list(client)
+        if order == "asc":
+            jobs.reverse()
+        start = 0
+        if after:
+            ids = [j.id for j in jobs]
+            if after not in ids:
+                raise KeyError(after)
+            start = ids.index(after) + 1
+        chosen = jobs[start:start + limit]
+        return chosen, start + limit < len(jobs)
 
     def snapshot(self, job: Job) -> dict:
         """A consistent copy of a job's fields, for the API (the worker may be updating them)."""
         with self._lock:
             record = job.to_record()
-            record.update(step=job.step, total_steps=job.total_steps,
+            total = job.total_steps
+            record.update(step=None if job.step is None else min(job.step, total or job.step), total_steps=total,
                           cancel_requested=job.cancel_requested.is_set() and not job.state.finished,
                           has_preview=self.previews.png(job.id) is not None)
             position = None
@@ -239,23 +263,95 @@ class JobStore:
             return {"queued": len(self._queue), "running": 1 if self._running else 0, "total": len(self._jobs),
                     "max_queue": self.settings.max_queue}
 
-    def _check_accepting(self) -> None:
-        with self._lock:
-            refusal = self._refusal()
-        if refusal is not None:
-            raise refusal
+    # ------------------------------------------------------------------ client changes
+    def cancel(self, job: Job) -> str:
+        """Cancel a queued or running job: "cancelled", "cancelling", "finished" (too late) or "gone"."""
+        with self._wake:
+            if job.delete_requested or self._jobs.get(job.id) is not job:
+                return "gone"
+            if job.state.finished:
+                return "finished"
+            job.cancel_requested.set()
+            if job.state is JobState.QUEUED:
+                if job in self._queue:
+                    self._queue.remove(job)
+                self._finish(job, JobState.CANCELLED)
+                outcome = "cancelled"
+            else:
+                outcome = "cancelling"
+            self._wake.notify_all()
+        logger.info("job %s cancel requested", job.id)
+        return outcome
 
-    def _refusal(self) -> Exception | None:
-        """Why a new job cannot be accepted now, or None (caller holds the lock)."""
-        if self.model_state == "failed":
-            return ModelUnavailable(f"the model failed to load: {self.model_error}")
-        if len(self._queue) >= self.settings.max_queue:
-            return QueueFull(f"the queue is full ({self.settings.max_queue} jobs waiting); try again later")
-        return None
+    def delete(self, job: Job) -> bool:
+        """Forget a job and remove its folder (a running one is stopped first); False if already gone."""
+        with self._wake:
+            if job.delete_requested or self._jobs.get(job.id) is not job:
+                return False
+            self._jobs.pop(job.id, None)
+            job.delete_requested = True
+            job.cancel_requested.set()
+            if job in self._queue:
+                self._queue.remove(job)
+            running = job is self._running
+        self.previews.forget(job.id)
+        if not running:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        logger.info("job %s deleted", job.id)
+        return True
+
+    # ------------------------------------------------------------------ the worker's changes
+    def update(self, job: Job, *, save: bool = False, **fields) -> None:
+        with self._lock:
+            for name, value in fields.items():
+                setattr(job, name, value)
+            if save:
+                self._save(job)
+
+    def on_progress(self, job: Job, step: Any, total: Any) -> None:
+        """A step event: never past its total, never backwards."""
+        if not (isinstance(step, int) and isinstance(total, int) and total > 0):
+            return
+        with self._lock:
+            job.step, job.total_steps = min(max(step, 0), total), total
+            job.progress = max(job.progress, min(0.99, job.step / total))
+
+    def on_chunk(self, job: Job, index: int, num_chunks: int, chunk_bytes: int) -> None:
+        with self._lock:
+            if index >= job.chunks_ready:
+                job.disk_bytes += chunk_bytes
+            job.chunks_ready = max(job.chunks_ready, index + 1)
+            job.num_chunks = num_chunks
+            job.progress = max(job.progress, min(0.99, job.chunks_ready / max(1, num_chunks)))
+            self._save(job)
+
+    def should_stop(self, job: Job) -> bool:
+        return job.cancel_requested.is_set() or self._stopping.is_set()
+
+    def finish(self, job: Job, state: JobState, error: str | None = None, *, has_video: bool = False) -> None:
+        with self._lock:
+            job.has_video = has_video
+            job.resumable_chunks = 0
+            job.resume_path.unlink(missing_ok=True)
+            job.disk_bytes = folder_bytes(job.folder)
+            self._finish(job, state, error)
+
+    def requeue_interrupted(self, job: Job) -> None:
+        """The server is stopping mid-job: leave it queued on disk, to resume on the next start."""
+        with self._lock:
+            job.state, job.started_at, job.step = JobState.QUEUED, None, None
+            self._save(job)
+
+    def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
+        """Move a job to a final state (caller holds the lock)."""
+        job.state, job.error, job.finished_at = state, error, time.time()
+        if state is JobState.DONE:
+            job.progress = 1.0
+        self._save(job)
 
     # ------------------------------------------------------------------ persistence
     def _save(self, job: Job) -> None:
-        """Rewrite job.json atomically (caller holds the lock or owns the job)."""
+        """Rewrite job.json atomically (caller holds the lock)."""
         if job.delete_requested:
             return
         temporary = job.folder / f".{JOB_FILE}.tmp"
@@ -269,6 +365,9 @@ class JobStore:
         """Take back the jobs a previous server left in results_dir: finished ones stay, others queue again."""
         found: list[Job] = []
         for folder in self.settings.results_dir.iterdir():
+            if folder.name.startswith(STAGING_PREFIX):
+                shutil.rmtree(folder, ignore_errors=True)  # a submission that never completed
+                continue
             record_path = folder / JOB_FILE
             if not (JOB_ID_PATTERN.match(folder.name) and folder.is_dir() and record_path.is_file()):
                 continue
@@ -277,8 +376,12 @@ class JobStore:
             except (OSError, ValueError, KeyError, TypeError) as err:
                 logger.warning("ignoring job folder %s: unreadable job.json (%s)", folder.name, err)
                 continue
-            if not job.state.finished:
-                self._reset_for_rerun(job)
+            if not job.client:
+                job.client = client_key(SHARED_CLIENT)
+            if job.state.finished:
+                job.resume_path.unlink(missing_ok=True)
+            else:
+                self._prepare_rerun(job)
             found.append(job)
         found.sort(key=lambda j: j.created_at)
         with self._lock:
@@ -287,36 +390,59 @@ class JobStore:
                 if job.state is JobState.QUEUED:
                     self._queue.append(job)
         if found:
-            logger.info("took back %d job(s) from %s, %d to run", len(found), self.settings.results_dir,
+            logger.info("took back %d job(s) from the results folder, %d to run", len(found),
                         sum(j.state is JobState.QUEUED for j in found))
 
-    def _reset_for_rerun(self, job: Job) -> None:
-        for stale in job.folder.glob("chunk-*.mp4"):
-            stale.unlink(missing_ok=True)
-        for stale in job.folder.glob(".*.partial.mp4"):
-            stale.unlink(missing_ok=True)
-        job.video_path.unlink(missing_ok=True)
-        job.state, job.started_at, job.progress = JobState.QUEUED, None, 0.0
-        job.chunks_ready, job.num_chunks, job.has_video, job.step, job.total_steps = 0, None, False, None, None
-        self._save(job)
+    def _prepare_rerun(self, job: Job) -> None:
+        """Queue an unfinished job again, keeping the chunks its resume state covers."""
+        from magi1.io.video import partial_path_for
 
-    # ------------------------------------------------------------------ expiry
-    def sweep_expired(self) -> None:
-        now = time.time()
+        keep = job.resumable_chunks if job.resume_path.is_file() else 0
+        present = 0
+        while present < keep and job.chunk_path(present).is_file():
+            present += 1
+        for stale in job.folder.glob("chunk-*.mp4"):
+            index = stale.stem.split("-")[-1]
+            if not (index.isdigit() and int(index) < present):
+                stale.unlink(missing_ok=True)
+        for stale in (job.video_path, partial_path_for(job.video_path)):
+            stale.unlink(missing_ok=True)
+        if not keep:
+            job.resume_path.unlink(missing_ok=True)
+        job.resumable_chunks = keep
+        job.state, job.started_at, job.step, job.total_steps = JobState.QUEUED, None, None, None
+        job.chunks_ready, job.has_video = present, False
+        job.progress = min(0.99, present / job.num_chunks) if job.num_chunks else 0.0
+        job.disk_bytes = folder_bytes(job.folder)
         with self._lock:
-            finished = sorted((j for j in self._jobs.values() if j.state.finished and j.finished_at is not None),
-                              key=lambda j: j.finished_at)
-            excess = max(0, len(finished) - self.settings.max_finished_jobs)
-            expired = [j for i, j in enumerate(finished)
-                       if i < excess or now - j.finished_at > self.settings.result_ttl_s]
+            self._save(job)
+
+    # ------------------------------------------------------------------ retention
+    def sweep_expired(self) -> None:
+        """Delete finished jobs, oldest first: past the age limit, beyond the count, or while over the bytes."""
+        s, now = self.settings, time.time()
+        with self._lock:
+            finished = sorted((j for j in self._jobs.values() if j.state.finished),
+                              key=lambda j: j.finished_at or j.created_at)
+            total_bytes = sum(j.disk_bytes for j in self._jobs.values())
+            excess = max(0, len(finished) - s.max_finished_jobs)
+            expired = []
+            for index, job in enumerate(finished):
+                if index < excess or now - (job.finished_at or job.created_at) > s.result_ttl_s \
+                        or total_bytes > s.max_results_bytes:
+                    expired.append(job)
+                    total_bytes -= job.disk_bytes
             for job in expired:
                 self._jobs.pop(job.id, None)
+                job.delete_requested = True
         for job in expired:
             shutil.rmtree(job.folder, ignore_errors=True)
             logger.info("job %s expired and was removed", job.id)
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
+        from .job_runner import run_job
+
         self._load_model()
         while not self._stopping.is_set():
             job = self._next_job()
@@ -324,11 +450,10 @@ class JobStore:
                 self.sweep_expired()
                 continue
             try:
-                self._run(job)
+                run_job(self, job)
             except Exception:  # the worker must outlive any one job
                 logger.exception("job %s: unexpected error in the worker", job.id)
-                with self._lock:
-                    self._finish(job, JobState.FAILED, "internal error in the server; see its log")
+                self.finish(job, JobState.FAILED, "internal error in the server; its log has the details")
             finally:
                 with self._lock:
                     self._running = None
@@ -337,11 +462,13 @@ class JobStore:
             self.sweep_expired()  # also between jobs, so a server that is never idle still expires results
 
     def _load_model(self) -> None:
+        from .job_runner import describe_error
+
         try:
             pipeline = self.pipeline_factory()
         except Exception as err:
             logger.exception("the model failed to load")
-            self.model_error = _describe(err)
+            self.model_error = describe_error(err)
             self.model_state = "failed"
             self._fail_waiting_jobs()
             return
@@ -358,7 +485,8 @@ class JobStore:
         """The next queued job, or None after sweep_interval_s without one (or when stopping)."""
         with self._wake:
             if not self._queue and not self._stopping.is_set():
-                self._wake.wait(self.settings.sweep_interval_s)
+                # Often enough that a short retention is kept to within a tenth of it.
+                self._wake.wait(min(self.settings.sweep_interval_s, max(0.2, self.settings.result_ttl_s / 10)))
             if self._stopping.is_set() or not self._queue or self.pipeline is None:
                 return None
             job = self._queue.popleft()
@@ -366,93 +494,3 @@ class JobStore:
             job.state, job.started_at = JobState.RUNNING, time.time()
             self._save(job)
             return job
-
-    def _should_stop(self, job: Job) -> bool:
-        return job.cancel_requested.is_set() or self._stopping.is_set()
-
-    def _run(self, job: Job) -> None:
-        from magi1.io.video import VideoWriter, write_video
-
-        logger.info("job %s started", job.id)
-        pipeline = self.pipeline
-        fps = int(getattr(pipeline, "fps", 24))
-        job.fps = fps
-        kwargs = job.request.pipeline_kwargs()
-        if job.request.mode == "i2v":
-            kwargs["image"] = str(job.input_path)
-        elif job.request.mode == "v2v":
-            kwargs["video"] = str(job.input_path)
-        writer = VideoWriter(job.video_path, fps=fps)
-        try:
-            # The callback takes any arguments and reads only dict events, so a pipeline that reports progress
-            # in another shape still runs (without step progress) instead of failing the job.
-            chunks = pipeline.stream(**kwargs,
-                                     callback=lambda *event, **_: self._on_event(job, event[0] if event else None),
-                                     should_stop=lambda: self._should_stop(job))
-            for chunk in chunks:
-                # The chunk file appears only once complete, so a client never fetches half a segment.
-                write_video(job.chunk_path(chunk.index), chunk.frames, fps)
-                writer.append(chunk.frames)
-                with self._lock:
-                    job.chunks_ready = chunk.index + 1
-                    job.num_chunks = chunk.num_chunks
-                    job.progress = max(job.progress, min(0.99, job.chunks_ready / max(1, chunk.num_chunks)))
-                    self._save(job)
-                if self._should_stop(job):
-                    break
-        except Exception as err:
-            writer.abort()
-            logger.warning("job %s failed: %s", job.id, err, exc_info=not _is_user_facing(err))
-            with self._lock:
-                self._finish(job, JobState.FAILED, _describe(err))
-            return
-        if self._stopping.is_set() and not job.cancel_requested.is_set():
-            writer.abort()
-            with self._lock:
-                self._reset_for_rerun(job)  # the server is going down: run it again on the next start
-            logger.info("job %s interrupted by shutdown; it will run again on restart", job.id)
-            return
-        if job.chunks_ready:
-            writer.close()  # a cancelled job keeps the chunks it finished
-        else:
-            writer.abort()
-        with self._lock:
-            job.has_video = job.chunks_ready > 0
-            self._finish(job, JobState.CANCELLED if job.cancel_requested.is_set() else JobState.DONE)
-        logger.info("job %s %s after %d chunk(s)", job.id, job.state.value, job.chunks_ready)
-
-    def _on_event(self, job: Job, event: dict) -> None:
-        """Progress from the pipeline's callback: step events give a fine fraction, chunk events a coarse one."""
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "step":
-            self.previews.offer(job.id, self.pipeline, event)
-        with self._lock:
-            if event.get("type") == "step":
-                step, total = event.get("step"), event.get("total_steps")
-                if isinstance(step, int) and isinstance(total, int) and total > 0:
-                    job.step, job.total_steps = step + 1, total
-                    job.progress = max(job.progress, min(0.99, (step + 1) / total))
-            elif event.get("type") == "chunk":
-                num_chunks = event.get("num_chunks")
-                if isinstance(num_chunks, int) and num_chunks > 0:
-                    job.num_chunks = num_chunks
-
-    def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
-        """Move a job to a final state (caller holds the lock)."""
-        job.state, job.error, job.finished_at = state, error, time.time()
-        if state is JobState.DONE:
-            job.progress = 1.0
-        self._save(job)
-
-
-def _is_user_facing(err: BaseException) -> bool:
-    from magi1.errors import is_user_facing
-
-    return is_user_facing(err)
-
-
-def _describe(err: BaseException) -> str:
-    """A message for the client: ours verbatim, anything else by type (the traceback goes to the log)."""
-    text = str(err) if _is_user_facing(err) else f"{type(err).__name__}: {err}"
-    return text[:MAX_ERROR_CHARS]

@@ -1,40 +1,17 @@
-"""The OpenAI error envelope for the OpenAI-style routes (/v1/videos, /v1/models, /v1/realtime).
+"""Errors of the OpenAI-style routes (/v1/videos, /v1/models, /v1/realtime), in OpenAI's words.
 
     {"error": {"message": "one sentence", "type": "invalid_request_error", "param": "size", "code": "..."}}
 
-Clients built on the `openai` package turn it into their own exception types (BadRequestError,
-NotFoundError, AuthenticationError, ...) with the message shown. The older /v1/jobs routes keep
-{"detail": ...}.
+They are the server's one ApiError (errors.py), whose handler answers these routes with OpenAI's envelope
+alone; clients built on the `openai` package turn it into their own exception types (BadRequestError,
+NotFoundError, AuthenticationError, ...) with the message shown.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from .errors import ApiError
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-         409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-         429: "rate_limit_error", 503: "server_error"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}
-
-
-def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers={"Cache-Control": "no-store", **err.headers})
-
-
-async def handle_api_error(_request: Request, err: ApiError) -> JSONResponse:
-    return error_response(err)
+__all__ = ["ApiError", "invalid", "not_found"]
 
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:

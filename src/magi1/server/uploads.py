@@ -2,7 +2,9 @@
 
 The client's file name and declared content type are ignored; only the bytes decide. Videos are recognised
 by their leading bytes and then opened with that one demuxer forced, because letting FFmpeg guess would let
-a playlist-style upload (HLS, concat) make it open other files or URLs.
+a playlist-style upload (HLS, concat) make it open other files or URLs. Every frame is decoded, so a video
+that breaks after its first frames is refused now rather than failing the job later. Refusals name no
+server path (the decoder's own message, which does, goes to the log).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from .settings import IMAGE_FORMATS, VIDEO_FORMATS, ServerSettings
 
 logger = logging.getLogger(__name__)
 
-# How many packets to read while looking for a first decodable video frame.
-MAX_PROBE_PACKETS = 256
+# Each decoded frame is also converted to RGB at this small size, as the pipeline will convert it.
+CHECK_SIZE = 16
 
 
 class UploadRejected(ValueError):
@@ -34,6 +36,7 @@ class CheckedUpload:
     suffix: str      # the suffix the stored copy gets
     width: int
     height: int
+    frames: int = 1
 
 
 def accepted_formats_text(settings: ServerSettings) -> str:
@@ -96,7 +99,8 @@ def _check_image(path: Path, settings: ServerSettings) -> CheckedUpload:
     except UnidentifiedImageError:
         raise UploadRejected(not_usable) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UploadRejected(f"the uploaded image cannot be decoded: {err}") from None
+        logger.info("upload %s refused: %s", path.parent.name, err)
+        raise UploadRejected("the uploaded image cannot be decoded (it is damaged or truncated)") from None
     if fmt not in settings.image_formats:
         raise UploadRejected(not_usable)
     return CheckedUpload("image", fmt, IMAGE_FORMATS[fmt], width, height)
@@ -105,25 +109,28 @@ def _check_image(path: Path, settings: ServerSettings) -> CheckedUpload:
 def _check_video(path: Path, video_format: str, settings: ServerSettings) -> CheckedUpload:
     import av
 
+    frames = 0
     try:
         with av.open(str(path), format=video_format) as container:
             if not container.streams.video:
                 raise UploadRejected("the uploaded video has no video stream")
             stream = container.streams.video[0]
-            _check_pixels(stream.width, stream.height, settings, "video")
-            if not _decodes_a_frame(container, stream):
-                raise UploadRejected("the uploaded video has no decodable frame")
+            stream.thread_type = "AUTO"
+            width, height = stream.width, stream.height
+            _check_pixels(width, height, settings, "video")
+            for frame in container.decode(stream):
+                _check_pixels(frame.width, frame.height, settings, "video")
+                frame.reformat(width=CHECK_SIZE, height=CHECK_SIZE, format="rgb24")
+                frames += 1
+                if frames > settings.max_input_frames:
+                    raise UploadRejected(f"the uploaded video has more than {settings.max_input_frames} frames; "
+                                         f"send a shorter clip", status=413)
     except UploadRejected:
         raise
     except (av.FFmpegError, ValueError, OSError) as err:
-        raise UploadRejected(f"the uploaded video cannot be decoded: {err}") from None
-    return CheckedUpload("video", video_format, VIDEO_FORMATS[video_format], stream.width, stream.height)
-
-
-def _decodes_a_frame(container, stream) -> bool:
-    for count, packet in enumerate(container.demux(stream)):
-        if count >= MAX_PROBE_PACKETS:
-            return False
-        for _frame in packet.decode():
-            return True
-    return False
+        logger.info("upload %s refused after %d frame(s): %s", path.parent.name, frames, err)
+        where = f" after frame {frames}" if frames else ""
+        raise UploadRejected(f"the uploaded video cannot be decoded{where} (it is damaged or truncated)") from None
+    if frames == 0:
+        raise UploadRejected("the uploaded video has no decodable frame")
+    return CheckedUpload("video", video_format, VIDEO_FORMATS[video_format], width, height, frames)

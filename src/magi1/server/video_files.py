@@ -37,13 +37,9 @@ async def read_body(request: Request, file_fields: tuple[str, ...]) -> tuple[dic
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise invalid("the body is not valid JSON", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise invalid("the JSON body must be an object", code="invalid_json")
-        return body, {}
+        from .submission import read_json_object  # strict UTF-8, nesting depth and size already bounded
+
+        return await read_json_object(request), {}
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, "send multipart/form-data or JSON", code="unsupported_media_type")
     form = await request.form(max_files=len(file_fields), max_fields=MAX_FORM_FIELDS)

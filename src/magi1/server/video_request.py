@@ -14,11 +14,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .job_request import BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _int, _text
+from .job_request import BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _text, whole_number
 from .openai_errors import ApiError, invalid
 from .settings import ServerSettings
 
-SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+SIZE_PATTERN = re.compile(r"^ *([0-9]{1,5}) *[xX] *([0-9]{1,5}) *$", re.ASCII)
+# A positive decimal number in ASCII digits ("1", "2.5", ".5"); not "١", "²", "1_0", "1e3", "inf".
+SECONDS_PATTERN = re.compile(r"^ *([0-9]{1,6}(?:\.[0-9]{0,6})?|\.[0-9]{1,6}) *$", re.ASCII)
 SIZE_MULTIPLE = 16  # VAE stride 8 times the DiT's 2x2 patches
 EXTRA_FIELDS = ("seed", "num_inference_steps", "chunk_prompts", "negative_prompt", "fps", "keep_aspect")
 CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference", *EXTRA_FIELDS)
@@ -59,9 +61,13 @@ class ModelLimits:
         return data
 
 
-def model_limits(pipeline, settings: ServerSettings) -> ModelLimits:
-    runtime = pipeline.config.runtime_config
-    fps = int(getattr(pipeline, "fps", runtime.fps))
+def model_limits(config, settings: ServerSettings, fps: int | None = None) -> ModelLimits:
+    """The limits of the model `config` (a MagiConfig) describes: known before the model has loaded.
+
+    fps: the loaded pipeline's, where it differs from the config's.
+    """
+    runtime = config.runtime_config
+    fps = int(fps or runtime.fps)
     downsample = int(runtime.temporal_downsample_factor)
     frames_per_chunk = int(runtime.chunk_width) * downsample
     max_chunks = max(1, settings.max_frames // frames_per_chunk)
@@ -128,15 +134,15 @@ def parse_video_request(fields: Mapping[str, Any], limits: ModelLimits, settings
         # the chunks it was asked for (the image frame comes out as the video's first frame).
         num_frames -= limits.temporal_downsample
     with field_errors("seed"):
-        seed = _int(fields.get("seed"), "seed")
+        seed = whole_number(fields.get("seed"), "seed")
     with field_errors("num_inference_steps"):
-        steps = _int(fields.get("num_inference_steps"), "num_inference_steps")
+        steps = whole_number(fields.get("num_inference_steps"), "num_inference_steps")
     with field_errors("keep_aspect"):
         keep_aspect = _bool(fields.get("keep_aspect"))
     fps = fields.get("fps")
     if fps not in (None, ""):
         with field_errors("fps"):
-            fps = _int(fps, "fps")
+            fps = whole_number(fps, "fps")
         if fps != limits.fps:
             raise invalid(f"this model makes {limits.fps} fps video; fps may only be {limits.fps}", param="fps",
                           code="unsupported_value")
@@ -193,9 +199,11 @@ def parse_seconds(value: Any, limits: ModelLimits, default: float | None) -> flo
         if default is None:
             raise invalid("seconds is required", param="seconds", code="missing_required_parameter")
         return default
-    try:
-        seconds = float(str(value).strip()) if not isinstance(value, bool) else math.nan
-    except ValueError:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and SECONDS_PATTERN.match(value):
+        seconds = float(value)
+    else:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise invalid(f"seconds must be a positive number, got {str(value)[:20]!r}", param="seconds")

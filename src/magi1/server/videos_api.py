@@ -14,7 +14,6 @@ Every job is also a /v1/jobs job (and the reverse): ids are "video_" + the job i
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 
 from fastapi import APIRouter, Request
@@ -22,9 +21,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import video_files
-from .jobs import Job, JobState, JobStore, ModelUnavailable, QueueFull
+from .clients import client_identity
+from .errors import scrub_paths
+from .job_request import BadRequest, whole_number
+from .jobs import Job, JobStore, Refusal, StagedJob
 from .openai_errors import ApiError, invalid, not_found
 from .settings import ServerSettings
+from .submission import check_job, save_and_check_upload
 from .uploads import UploadRejected
 from .video_request import ModelLimits, model_limits, parse_video_request, seconds_of, seconds_text
 
@@ -34,25 +37,29 @@ STATUS = {"queued": "queued", "running": "in_progress", "done": "completed", "fa
           "cancelled": "failed"}
 POLL_AFTER_MS = "500"
 MAX_LIST = 100
+REFUSAL_CODES = {429: "rate_limit_exceeded", 503: "model_unavailable", 507: "insufficient_storage"}
 
 
-def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visible=None) -> APIRouter:
-    """visible(request, job) -> bool decides which jobs a caller may see (keys); everyone sees all without it."""
+def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> APIRouter:
+    """Which jobs a caller sees is the server's client identity (clients.py): each API key its own."""
     router = APIRouter(tags=["videos (OpenAI-style)"])
     frames_cache: dict[str, int] = {}
 
     def limits() -> ModelLimits:
-        if store.model_state == "failed":
-            raise ApiError(503, f"the model failed to load: {store.model_error}", code="model_unavailable")
-        if store.pipeline is None:
+        """From the model's config, so requests are checked while the model still loads."""
+        config = store.config
+        if config is None:  # a custom pipeline without a MagiConfig: known once it has loaded
+            if store.model_state == "failed":
+                raise ApiError(503, f"the model failed to load: {store.model_error}", code="model_unavailable")
             raise ApiError(503, "the model is still loading; try again in a few seconds", code="model_loading",
                            headers={"Retry-After": "5"})
-        return model_limits(store.pipeline, settings)
+        return model_limits(config, settings, fps=getattr(store.pipeline, "fps", None))
 
     def find(request: Request, video_id: str) -> Job:
-        job = store.get(video_id[len(ID_PREFIX):]) if video_id.startswith(ID_PREFIX) else None
-        if job is None or (visible is not None and not visible(request, job)):
-            raise not_found(video_id)  # 404 for another key's video too, so ids do not leak
+        job = store.get(video_id[len(ID_PREFIX):], client_identity(request)) \
+            if video_id.startswith(ID_PREFIX) else None
+        if job is None:
+            raise not_found(video_id)  # 404 for another client's video too, so ids do not leak
         return job
 
     def content_path(job: Job) -> "video_files.Path":
@@ -72,46 +79,39 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
         record = store.snapshot(job)
         return video_object(record, job, model_id, settings, frames_cache)
 
-    async def submit(job: Job, prepared) -> JSONResponse:
-        await run_in_threadpool(check_with_model, store.pipeline, prepared.job)
+    async def commit(request: Request, staged: StagedJob, prepared) -> Job:
+        """Check the request against the config and the cost budget, then queue it (the last check is room)."""
+        try:
+            cost = await run_in_threadpool(check_job, store, prepared.job, settings)
+        except BadRequest as err:
+            raise invalid(str(err), param=_param_of(str(err))) from None
         prepared.job.video_api = prepared.meta
         try:
-            store.submit(job, prepared.job)
-        except QueueFull as err:
-            raise ApiError(429, str(err), code="queue_full", headers={"Retry-After": "10"}) from None
-        except ModelUnavailable as err:
-            raise ApiError(503, str(err), code="model_unavailable") from None
-        return JSONResponse(view(job), headers=NO_STORE)
+            return store.commit(staged, prepared.job, client=client_identity(request), cost=cost)
+        except Refusal as err:
+            headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+            raise ApiError(err.status, str(err), code=REFUSAL_CODES.get(err.status), headers=headers) from None
 
-    async def reserved(work):
-        """Run work(job) on a fresh reservation, releasing it when the request is refused."""
+    async def staged_submission(work) -> Job:
+        """Run work(staged) in a fresh staged folder, which is discarded unless work commits it."""
+        staged = store.stage()
         try:
-            job = store.reserve()
-        except QueueFull as err:
-            raise ApiError(429, str(err), code="queue_full", headers={"Retry-After": "10"}) from None
-        except ModelUnavailable as err:
-            raise ApiError(503, str(err), code="model_unavailable") from None
-        try:
-            return await work(job)
+            return await work(staged)
         except UploadRejected as err:
-            store.release(job)
             raise ApiError(err.status, str(err), code="invalid_file") from None
-        except BaseException:
-            if store.get(job.id) is None:
-                store.release(job)
-            raise
+        finally:
+            if staged.folder.exists():  # committed folders have been renamed away
+                store.discard(staged)
 
-    async def create_video(request: Request) -> tuple[Job, JSONResponse]:
+    async def create_video(request: Request) -> Job:
         model = limits()
         fields, files = await video_files.read_body(request, ("input_reference",))
         reference = fields.pop("input_reference", None)
 
-        async def work(job: Job):
+        async def work(staged: StagedJob) -> Job:
             upload_kind, input_name = None, None
             if "input_reference" in files:
-                from .app import save_and_check_upload
-
-                checked = await save_and_check_upload(files["input_reference"], job, settings)
+                checked = await save_and_check_upload(files["input_reference"], staged, settings)
                 upload_kind, input_name = checked.kind, f"input{checked.suffix}"
             elif reference not in (None, ""):
                 if not isinstance(reference, dict) or "image_url" not in reference:
@@ -119,7 +119,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
                                   "(file_id is not supported here)", param="input_reference",
                                   code="unsupported_value")
                 data = video_files.decode_data_url(reference["image_url"], "input_reference.image_url")
-                checked = await run_in_threadpool(video_files.store_bytes, data, job.folder, settings)
+                checked = await run_in_threadpool(video_files.store_bytes, data, staged.folder, settings)
                 upload_kind, input_name = checked.kind, f"input{checked.suffix}"
             if upload_kind == "video":
                 raise invalid("input_reference must be an image; to continue a video use POST "
@@ -127,13 +127,13 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
             prepared = parse_video_request(fields, model, settings, model_id=model_id, kind="create",
                                            upload_kind=upload_kind)
             prepared.job.input_name = input_name
-            return job, await submit(job, prepared)
+            return await commit(request, staged, prepared)
 
-        return await reserved(work)
+        return await staged_submission(work)
 
     @router.post("/v1/videos", summary="Create a video (t2v, or i2v with input_reference)")
     async def create(request: Request):
-        return (await create_video(request))[1]
+        return JSONResponse(view(await create_video(request)), headers=NO_STORE)
 
     @router.post("/v1/videos/extensions", summary="Continue a finished video (MAGI-1 video continuation)")
     async def extend(request: Request):
@@ -141,14 +141,12 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
         fields, files = await video_files.read_body(request, ("video",))
         source_ref = fields.pop("video", None)
 
-        async def work(job: Job):
+        async def work(staged: StagedJob) -> Job:
             if "video" in files:
-                from .app import save_and_check_upload
-
-                checked = await save_and_check_upload(files["video"], job, settings)
+                checked = await save_and_check_upload(files["video"], staged, settings)
                 if checked.kind != "video":
                     raise invalid("video must be an mp4 (or another video) or {\"id\": a video id}", param="video")
-                source, size, source_id = job.folder / f"input{checked.suffix}", None, None
+                source, size, source_id = staged.folder / f"input{checked.suffix}", None, None
             elif isinstance(source_ref, dict) and isinstance(source_ref.get("id"), str):
                 earlier = find(request, source_ref["id"])
                 source = await run_in_threadpool(content_path, earlier)
@@ -164,21 +162,20 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
                                            upload_kind="video")
             request_job = prepared.job
             source_frames = await run_in_threadpool(
-                video_files.prepare_extension, source, job.folder, request_job.width, request_job.height,
-                model.fps, request_job.keep_aspect, model.frames_per_chunk)
-            if source.parent == job.folder and source.name != "input.mp4":
+                prepare_extension, source, staged.folder, request_job, model)
+            if source.parent == staged.folder and source.name != "input.mp4":
                 source.unlink(missing_ok=True)
             request_job.input_name = "input.mp4"
             source_seconds = seconds_of(source_frames, model.fps)
             prepared.meta.update(extends=source_id, stitched=True, source_seconds=source_seconds,
                                  seconds=seconds_text(source_seconds + float(prepared.meta["seconds"])))
-            return await submit(job, prepared)
+            return await commit(request, staged, prepared)
 
-        return await reserved(work)
+        return JSONResponse(view(await staged_submission(work)), headers=NO_STORE)
 
     @router.post("/v1/videos/sync", summary="Create a video and wait: the mp4 itself, with timing headers")
     async def create_sync(request: Request):
-        job, _ = await create_video(request)
+        job = await create_video(request)
         while not job.state.finished:
             if await request.is_disconnected():
                 store.cancel(job)  # nobody is waiting for it any more
@@ -186,7 +183,10 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
             await asyncio.sleep(0.05)
         state = store.snapshot(job)
         if not state["has_video"]:
-            raise ApiError(500, f"the video failed: {state['error'] or 'cancelled'}", code="generation_failed",
+            if state["state"] == "cancelled":
+                raise ApiError(409, "the video was cancelled before any chunk finished", code="cancelled",
+                               headers={"X-Video-Id": ID_PREFIX + job.id})
+            raise ApiError(500, f"the video failed: {state['error']}", code="generation_failed",
                            headers={"X-Video-Id": ID_PREFIX + job.id})
         path = await run_in_threadpool(content_path, job)
         queued = (state["started_at"] or state["created_at"]) - state["created_at"]
@@ -199,17 +199,15 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
     def list_videos(request: Request, after: str | None = None, limit: str | None = None, order: str = "desc"):
         if order not in ("asc", "desc"):
             raise invalid(f"order must be asc or desc, got {order[:10]!r}", param="order")
-        count = 20 if limit in (None, "") else _limit(limit)
-        jobs = [j for j in store.list() if visible is None or visible(request, j)]
-        if order == "asc":
-            jobs.reverse()
-        if after:
-            ids = [ID_PREFIX + j.id for j in jobs]
-            if after not in ids:
-                raise not_found(after)
-            jobs = jobs[ids.index(after) + 1:]
-        page, more = jobs[:count], len(jobs) > count
-        data = [view(j) for j in page]
+        count = _limit(limit)
+        if after and not after.startswith(ID_PREFIX):
+            raise not_found(after)
+        try:
+            jobs, more = store.page(client_identity(request), limit=count, after=after[len(ID_PREFIX):] if after
+                                    else None, order=order)
+        except KeyError:
+            raise not_found(after) from None
+        data = [view(j) for j in jobs]
         return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                              "last_id": data[-1]["id"] if data else None, "has_more": more}, headers=NO_STORE)
 
@@ -247,7 +245,9 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
         return JSONResponse(model_object(), headers=NO_STORE)
 
     def model_object() -> dict:
-        stated = model_limits(store.pipeline, settings).to_dict() if store.pipeline is not None else None
+        config = store.config
+        stated = model_limits(config, settings, fps=getattr(store.pipeline, "fps", None)).to_dict() \
+            if config is not None else None
         return {"id": model_id, "object": "model", "created": int(store_started), "owned_by": "magi1",
                 "status": store.model_state, "magi1": stated}
 
@@ -255,21 +255,34 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str, visi
     return router
 
 
-def _limit(text: str) -> int:
-    if not str(text).isdigit() or not 1 <= int(text) <= MAX_LIST:
-        raise invalid(f"limit must be a whole number from 1 to {MAX_LIST}, got {str(text)[:10]!r}", param="limit")
-    return int(text)
-
-
-def check_with_model(pipeline, job_request) -> None:
-    """What the model's config rejects (e.g. steps not a multiple of its window) is a 400 now, not a failed job."""
-    from .app import check_against_model
-    from .job_request import BadRequest
-
+def _limit(text: str | None) -> int:
     try:
-        check_against_model(pipeline, job_request)
-    except BadRequest as err:
-        raise invalid(str(err), param="num_inference_steps" if "step" in str(err) else None) from None
+        count = whole_number(text, "limit")
+    except BadRequest:
+        count = 0
+    if count is None:
+        return 20
+    if not 1 <= count <= MAX_LIST:
+        raise invalid(f"limit must be a whole number from 1 to {MAX_LIST}, got {str(text)[:10]!r}", param="limit")
+    return count
+
+
+def _param_of(message: str) -> str | None:
+    """The Videos API field a config or budget refusal is about."""
+    if "step" in message:
+        return "num_inference_steps"
+    if "frames" in message or "chunk" in message:
+        return "seconds"
+    return None
+
+
+def prepare_extension(source, folder, request_job, model: ModelLimits) -> int:
+    """video_files.prepare_extension, with a video that cannot be read told as a 400 naming no path."""
+    try:
+        return video_files.prepare_extension(source, folder, request_job.width, request_job.height, model.fps,
+                                             request_job.keep_aspect, model.frames_per_chunk)
+    except (OSError, ValueError) as err:
+        raise invalid(f"the video cannot be read: {scrub_paths(str(err))}", param="video") from None
 
 
 def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict) -> dict:

@@ -231,7 +231,7 @@ function playNext() {
 async function refreshList() {
   try {
     const data = await api("/v1/jobs");
-    renderJobs(data.jobs);
+    renderJobs(data.data);
     $("queue-status").textContent = `${data.running ? "1 running" : "idle"}, ${data.queued}/${data.max_queue} queued`;
   } catch (_) { /* the status badge already says the server is unreachable */ }
 }

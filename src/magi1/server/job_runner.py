@@ -1,0 +1,187 @@
+"""Running one job in the worker thread: the pipeline's chunk stream into chunk files and the job's video.
+
+- Progress comes from the pipeline's callback (step events, 1-based, capped at their total).
+- After every finished chunk the pipeline hands over its resume state, saved in the job folder; a job
+  interrupted by a shutdown is left queued and, on the next start, continues after that chunk with the same
+  inputs and noise, so it ends with the same video as an uninterrupted run.
+- A cancel (or a shutdown) stops the run at the next step. A cancelled job keeps the chunks it finished,
+  and its video of those chunks is closed properly, so it plays.
+- Failures reach the client as one sentence with no server path; the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+
+from .errors import scrub_paths
+from .job_record import Job, JobState
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 500
+
+
+def run_job(store, job: Job) -> None:
+    logger.info("job %s started", job.id)
+    resume_state = _load_resume_state(job)
+    try:
+        _render(store, job, resume_state)
+    except _ResumeRefused as refused:
+        # The saved state belongs to another run (the model or its config changed between starts).
+        logger.warning("job %s: its resume state cannot be used (%s); running it from the start", job.id,
+                       refused.reason)
+        job.resume_path.unlink(missing_ok=True)
+        store.update(job, resumable_chunks=0, chunks_ready=0, progress=0.0, save=True)
+        _render(store, job, None)
+
+
+class _ResumeRefused(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _render(store, job: Job, resume_state) -> None:
+    from magi1.io.video import VideoWriter, write_video
+
+    pipeline = store.pipeline
+    fps = int(getattr(pipeline, "fps", 24))
+    kwargs = job.request.pipeline_kwargs()
+    if job.request.mode == "i2v":
+        kwargs["image"] = str(job.input_path)
+    elif job.request.mode == "v2v":
+        kwargs["video"] = str(job.input_path)
+    accepted = _keyword_names(pipeline.stream)
+    if "on_state" in accepted:
+        kwargs["on_state"] = lambda state: _save_resume_state(store, job, state)
+    if resume_state is not None and "resume_state" in accepted:
+        kwargs["resume_state"] = resume_state
+    resumed = resume_state.finished_chunks if resume_state is not None and "resume_state" in kwargs else 0
+    store.update(job, fps=fps, resumed_chunks=resumed, save=True)
+    if resumed:
+        logger.info("job %s resumes after chunk %d", job.id, resumed - 1)
+
+    writer = VideoWriter(job.video_path, fps=fps)
+    emitted = 0
+    try:
+        # The callback reads only dict events, so a pipeline reporting progress in another shape still runs.
+        chunks = pipeline.stream(**kwargs, callback=lambda *event, **_: _on_event(store, job, event),
+                                 should_stop=lambda: store.should_stop(job))
+        for chunk in chunks:
+            # The chunk file appears only once complete, so a client never fetches half a segment.
+            path = write_video(job.chunk_path(chunk.index), chunk.frames, fps)
+            writer.append(chunk.frames)
+            emitted += 1
+            store.on_chunk(job, chunk.index, chunk.num_chunks, _size(path))
+            if store.should_stop(job):
+                break
+    except Exception as err:
+        if not (store.should_stop(job) and _is_cancellation(err)):  # a stop between two steps is not a failure
+            writer.abort()
+            if resume_state is not None and emitted == 0 and _is_user_facing(err) and "resume" in str(err):
+                raise _ResumeRefused(str(err)) from None
+            logger.warning("job %s failed: %s", job.id, err, exc_info=not _is_user_facing(err))
+            store.finish(job, JobState.FAILED, describe_error(err))
+            return
+
+    # A resumed run re-yields the chunks it took over, so `emitted` counts every chunk of the video.
+    complete = job.num_chunks is not None and emitted >= job.num_chunks > 0
+    if store.stopping and not job.cancel_requested.is_set() and not complete:
+        writer.abort()
+        store.requeue_interrupted(job)  # resumes after its last finished chunk on the next start
+        logger.info("job %s interrupted by shutdown after %d chunk(s); it resumes on restart", job.id,
+                    job.resumable_chunks)
+        return
+    if emitted < job.chunks_ready:  # cancelled while re-reading a resumed job's chunks: keep what the video has
+        for index in range(emitted, job.chunks_ready):
+            job.chunk_path(index).unlink(missing_ok=True)
+        store.update(job, chunks_ready=emitted)
+    has_video = emitted > 0
+    if has_video:
+        writer.close()  # a cancelled job keeps the chunks it finished, as a playable video
+    else:
+        writer.abort()
+    state = JobState.DONE if complete else JobState.CANCELLED
+    store.finish(job, state, has_video=has_video)
+    logger.info("job %s %s after %d chunk(s)", job.id, state.value, job.chunks_ready)
+
+
+def _on_event(store, job: Job, event: tuple) -> None:
+    event = event[0] if event else None
+    if not isinstance(event, dict):
+        return
+    if event.get("type") == "step":
+        store.previews.offer(job.id, store.pipeline, event)
+        store.on_progress(job, event.get("step"), event.get("total_steps"))
+    elif event.get("type") == "chunk" and isinstance(event.get("num_chunks"), int) and event["num_chunks"] > 0:
+        store.update(job, num_chunks=event["num_chunks"])
+
+
+# ---------------------------------------------------------------------------------------------- resume state
+def _resume_state_class():
+    try:
+        from magi1.run_state import ResumeState  # the shared run-state module, where it exists
+    except ImportError:
+        from magi1.pipeline import ResumeState
+    return ResumeState
+
+
+def _load_resume_state(job: Job):
+    if not job.resumable_chunks or not job.resume_path.is_file():
+        return None
+    try:
+        return _resume_state_class().load(job.resume_path)
+    except Exception as err:  # a damaged file: run from the start rather than fail the job
+        logger.warning("job %s: unreadable resume state (%s); running it from the start", job.id, err)
+        return None
+
+
+def _save_resume_state(store, job: Job, state) -> None:
+    state.save(job.resume_path)
+    store.update(job, resumable_chunks=int(state.finished_chunks), save=True)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _keyword_names(func) -> set[str]:
+    """The keywords `func` names. A catch-all **kwargs does not count: a wrapper that forwards it to a
+    pipeline without resume would fail every job on an argument it cannot take."""
+    try:
+        parameters = inspect.signature(func).parameters.values()  # follows functools.wraps
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in parameters if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def _is_cancellation(err: BaseException) -> bool:
+    """The pipeline's own "stopped because should_stop() said so" (only if the pipeline module is loaded)."""
+    for module_name in ("magi1.pipeline", "magi1.run_state"):
+        cancelled = getattr(sys.modules.get(module_name), "GenerationCancelled", None)
+        if isinstance(cancelled, type) and isinstance(err, cancelled):
+            return True
+    return False
+
+
+def _is_user_facing(err: BaseException) -> bool:
+    from magi1.errors import is_user_facing
+
+    return is_user_facing(err)
+
+
+def describe_error(err: BaseException) -> str:
+    """A message for the client: ours (paths removed), or just the kind of an internal error."""
+    if _is_user_facing(err):
+        text = scrub_paths(str(err))
+    else:
+        text = f"internal error in the server ({type(err).__name__}); its log has the details"
+    return text[:MAX_ERROR_CHARS]
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except (OSError, AttributeError):
+        return 0
+
