@@ -4,12 +4,14 @@
 Reads /work/shared/reference-cases/dit (override with --cases). Cases:
   base_multichunk_cond  one 4-chunk forward: `out` and every `intermediate.*`
   base_kvcache          call A fills the cache (prefix extraction), call B reads it; `A.out`, `B.out`,
-                        `kv_cache.layer{l}`, and the joint no-cache forward `joint.out`
+                        `kv_cache.layer{l}`, and the joint no-cache forward `joint.out`; then call A again
+                        through the sampler's v2v entry point `sampling.cache_prefix` (prefix = `A.x`, float32)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from safetensors.torch import load_file
 
 from magi1.config import MagiConfig
 from magi1.models import KVCache, MagiDiT, official_forward
+from magi1.sampling.sampler import cache_prefix
 
 TOLERANCE = 1e-4
 
@@ -79,6 +82,14 @@ def check_multichunk(root: Path, config, model, failures: list) -> None:
     report("out (official_forward)", via_adapter, ref["out"], failures)
 
 
+def call_b(config, model, meta, ref, cache) -> torch.Tensor:
+    """Call B: chunks 2 and 3 read the cache of chunks 0 and 1."""
+    return official_forward(
+        model, ref["B.x"], ref["B.t"], caption_rows(ref["B.y_tokens"], config), ref["B.caption_dropout_mask"],
+        ref["B.xattn_mask"], ref["B.kv_range"], cache, **meta["kwargs_B"],
+    )
+
+
 def check_kvcache(root: Path, config, model, failures: list) -> None:
     meta = json.loads((root / "forward" / "base_kvcache.json").read_text())
     ref = load_file(str(root / "forward" / "base_kvcache.safetensors"))
@@ -94,10 +105,7 @@ def check_kvcache(root: Path, config, model, failures: list) -> None:
     for layer in range(config.model_config.num_layers):
         report(f"kv_cache.layer{layer}", cache.layer(layer), ref[f"kv_cache.layer{layer}"], failures)
     cache.update_kv_cache = False
-    b = official_forward(
-        model, ref["B.x"], ref["B.t"], caption_rows(ref["B.y_tokens"], config), ref["B.caption_dropout_mask"],
-        ref["B.xattn_mask"], ref["B.kv_range"], cache, **meta["kwargs_B"],
-    )
+    b = call_b(config, model, meta, ref, cache)
     report("B.out", b, ref["B.out"], failures)
     joint = official_forward(
         model, torch.cat([ref["A.x"], ref["B.x"]], 2), ref["joint.t"],
@@ -107,6 +115,29 @@ def check_kvcache(root: Path, config, model, failures: list) -> None:
     )
     report("joint.out", joint, ref["joint.out"], failures)
     report("joint.out[:, :, 12:] vs our B.out", joint[:, :, 12:], b, failures)
+    check_cache_prefix(config, model, meta, ref, failures)
+
+
+def check_cache_prefix(config, model, meta, ref, failures: list) -> None:
+    """Call A is the official prefix extraction: fill the cache through the sampler's `cache_prefix`.
+
+    The sampler gives the prefix chunks their rows of y[1]; here they carry call A's captions. cfg_number 1
+    makes its one pass take the conditional adaLN token, as call A does (caption_dropout_mask False).
+    """
+    ctn = meta["tokens_per_chunk"]
+    print("base_kvcache through sampling.cache_prefix (v2v prefix in float32)")
+    sampler_config = dataclasses.replace(
+        config, runtime_config=dataclasses.replace(config.runtime_config, cfg_number=1))
+    rows = caption_rows(ref["A.y_tokens"], config)[:, 0]                     # (R, Lc, Ct)
+    masks = ref["A.xattn_mask"][:, 0]                                        # (R, Lc)
+    cache = KVCache(4 * ctn, num_layers=config.model_config.num_layers)
+    cache_prefix(model, sampler_config, ref["A.x"], torch.stack([rows, rows]), torch.stack([masks, masks]),
+                 cache, ctn, None)
+    for layer in range(config.model_config.num_layers):
+        report(f"kv_cache.layer{layer}", cache.layer(layer), ref[f"kv_cache.layer{layer}"], failures)
+    cache.update_kv_cache = False
+    b = call_b(config, model, meta, ref, cache)
+    report("B.out after cache_prefix", b, ref["B.out"], failures)
 
 
 def main() -> int:

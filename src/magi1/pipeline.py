@@ -264,8 +264,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             latent = encode_video(self.vae, frames, fps=r.fps)
         else:
             return None
-        # The official prefix latent is bf16 (its VAE runs in bf16); round through bf16 for the same values.
-        return latent.to(torch.bfloat16).float().cpu()
+        # The official prefix latent is bf16 (its VAE runs in bf16, the scale multiply too): a float32 VAE's
+        # latent is rounded to bf16 and stays bf16, so the DiT sees the prefix in the official dtype.
+        return latent.to(torch.bfloat16).cpu()
 
     # ------------------------------------------------------------------ the generator
     def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
@@ -355,8 +356,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                             num_frames=num_frames, height=height, width=width,
                             num_inference_steps=num_inference_steps, seed=seed, keep_aspect=keep_aspect)
         if prefix_latents is not None:
-            # Already-encoded, scaled VAE latents: (1, 16, 1, h, w) for i2v, (1, 16, Tp, h, w) for v2v.
-            prefix = prefix_latents.float().cpu()
+            # Already-encoded, scaled VAE latents: (1, 16, 1, h, w) for i2v, (1, 16, Tp, h, w) for v2v, used
+            # in the caller's dtype (the official DiT takes the prefix as given).
+            prefix = prefix_latents.cpu() if prefix_latents.is_floating_point() else prefix_latents.float().cpu()
         else:
             prefix = self.encode_prefix(config, image=checked.image, video=checked.video, keep_aspect=keep_aspect)
         prefix_frames = 0 if prefix is None else prefix.shape[2]

@@ -122,15 +122,17 @@ def cache_prefix(model, config, prefix: torch.Tensor, y: torch.Tensor, masks: to
                  tokens_per_chunk: int, step_size: float | None) -> None:
     """Write the KV of the whole prefix chunks into the cache (official extract_prefix_video_feature).
 
-    One call over all prefix chunks at clean_t with their null rows, x in bfloat16 as official (the VAE
-    latent's dtype). Official code runs every guidance pass here and discards the outputs; only the
-    cache-writing pass has an effect, so only that one runs: cond_pre for cfg 3, the single pass for cfg 1.
+    One call over all prefix chunks at clean_t with their null rows. x keeps the prefix's own dtype, as
+    official: the DiT's `x * x_rescale_factor` runs in it (bf16 for a prefix from the official bf16 VAE,
+    which `MagiPipeline.encode_prefix` reproduces; float32 when the caller passes float32 latents).
+    Official code runs every guidance pass here and discards the outputs; only the cache-writing pass
+    has an effect, so only that one runs: cond_pre for cfg 3, the single pass for cfg 1.
     """
     r = config.runtime_config
     cw = r.chunk_width
     y, masks = as_batched_conditioning(y, masks)
     offset = prefix.shape[2] // cw
-    x = prefix[:, :, : offset * cw].to(torch.bfloat16)
+    x = prefix[:, :, : offset * cw]
     batch = x.shape[0]
     t = torch.full((batch, offset), r.clean_t, dtype=torch.float32, device=x.device)
     spans = [(s * tokens_per_chunk, e * tokens_per_chunk)
@@ -216,8 +218,8 @@ def sample_chunks(
       (2, B, n_chunks, Lc, Ct) and (2, B, n_chunks, Lc) for B videos (their rows stacked on dim 1).
     noise: the whole initial latent video (B, 16, n_chunks*cw, h, w); default: drawn on the CPU from
       `seed` (default runtime_config.seed) at the config's video size.
-    prefix_latent: (1 or B, 16, Tp, h, w) VAE latent (bf16 as official): 1 frame for i2v, Tp frames for
-      v2v, or resume_prefix(...) to continue an interrupted run.
+    prefix_latent: (1 or B, 16, Tp, h, w) VAE latent in its own dtype (bf16 as official): 1 frame for i2v,
+      Tp frames for v2v, or resume_prefix(...) to continue an interrupted run.
     kv_cache: a KVCache to use (e.g. one that offloads; a KVCacheBatch of B for B videos); default: fresh
       ones on the latents' device.
     release_cache: drop cache rows no later step reads, so memory stays flat on long videos.
