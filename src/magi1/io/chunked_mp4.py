@@ -57,8 +57,12 @@ class ChunkedMp4Writer:
         self._fragments = 0
         self._closed = False
 
-    def append_chunk(self, frames: np.ndarray) -> None:
-        """Encode uint8 frames (T, H, W, 3) as one chunk and append it to the file before returning."""
+    def append_chunk(self, frames: np.ndarray) -> bytes:
+        """Encode uint8 frames (T, H, W, 3) as one chunk and append it to the file before returning.
+
+        Returns the bytes appended: the chunk's fragment (moof + mdat), after the init segment (ftyp + moov)
+        for the first chunk, so a live viewer fed these in order holds the same file.
+        """
         if self._closed:
             raise ValueError(f"writer for {self.path} is already closed")
         frames = _check_frames(frames)
@@ -90,6 +94,7 @@ class ChunkedMp4Writer:
         _write_all(self._fd, bytes(out))
         self.frames_written += len(frames)
         self.chunks_written += 1
+        return bytes(out)
 
     def close(self) -> Path:
         """Move the finished file onto `path`; returns `path`."""
@@ -129,6 +134,30 @@ class ChunkedMp4Writer:
         finally:
             container.close()
         return buffer.getvalue()
+
+
+def mime_type(init_segment: bytes) -> str:
+    """The MIME type with codecs (RFC 6381) of a fragmented mp4 whose init segment starts `init_segment`,
+    e.g. 'video/mp4; codecs="avc1.64000a"': what Media Source Extensions' addSourceBuffer asks for."""
+    moov = next((box for box in _boxes(init_segment) if box[0] == "moov"), None)
+    path = ("trak", "mdia", "minf", "stbl", "stsd")
+    box = moov
+    for kind in path:
+        box = _child(init_segment, box, kind) if box is not None else None
+    if box is None:
+        raise ValueError("the init segment has no trak/mdia/minf/stbl/stsd box")
+    _, start, header, size = box
+    entry = next(_boxes(init_segment, start + header + 8, start + size), None)  # after version/flags, count
+    if entry is None or entry[0] not in ("avc1", "avc3"):
+        raise ValueError(f"not an H.264 track ({entry[0] if entry else 'no sample entry'})")
+    sample_entry_fields = 78  # the visual sample entry's fixed fields before its child boxes
+    config = next((b for b in _boxes(init_segment, entry[1] + entry[2] + sample_entry_fields, entry[1] + entry[3])
+                   if b[0] == "avcC"), None)
+    if config is None:
+        raise ValueError("the H.264 sample entry has no avcC box")
+    body = config[1] + config[2]
+    profile, constraints, level = init_segment[body + 1], init_segment[body + 2], init_segment[body + 3]
+    return f'video/mp4; codecs="{entry[0]}.{profile:02x}{constraints:02x}{level:02x}"'
 
 
 def _write_all(fd: int, data: bytes) -> None:

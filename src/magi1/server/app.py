@@ -12,6 +12,7 @@ every GET route also answers HEAD):
   GET    /v1/jobs/{id}/chunks/{k}     the mp4 of generated chunk k (also as {k}.mp4), as soon as it is done
   POST   /v1/jobs/{id}/cancel         stop a queued or running job; the chunks it finished are kept
   DELETE /v1/jobs/{id}                cancel if needed, then remove the job and its files
+  WS     /v1/realtime/video           one video streamed chunk by chunk as fMP4, prompt changeable live (realtime_video.py)
   /v1/videos..., /v1/models            the OpenAI-style Videos API on the same queue (videos_api.py), whose
                                        errors are OpenAI's envelope alone (errors.py)
 Clients never name files: job ids are server-made random hex looked up in memory, chunk indices are integers.
@@ -57,10 +58,13 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     without it they are checked once the pipeline has loaded.
     model_id: the name /v1/models gives the model (OpenAI-style clients send it as `model`).
     """
+    from .live_jobs import LiveJobs
+    from .realtime_video import realtime_router
     from .videos_api import videos_router
 
     settings = settings or ServerSettings()
     store = JobStore(settings, pipeline_factory, config=config)
+    store.live_jobs = LiveJobs()  # jobs watched over WS /v1/realtime/video (live_jobs.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -86,6 +90,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     app.add_middleware(ErrorGuard)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(videos_router(store, settings, model_id))
+    app.include_router(realtime_router(store, settings, model_id))
 
     def find_job(request: Request, job_id: str) -> Job:
         job = store.get(job_id, client_identity(request))

@@ -42,6 +42,12 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
             if self.cycle is not None and not self.cycle.response_complete:
                 self._disarm_head_deadline()  # a whole request head has arrived
 
+        def handle_websocket_upgrade(self, event) -> None:
+            # From here on the connection carries WebSocket frames: a head deadline firing later would write
+            # an HTTP answer into the middle of them.
+            self._disarm_head_deadline()
+            super().handle_websocket_upgrade(event)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():

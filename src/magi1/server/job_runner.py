@@ -46,7 +46,10 @@ class _ResumeRefused(Exception):
 def _render(store, job: Job, resume_state) -> None:
     from magi1.io.video import VideoWriter, write_video
 
+    from .live_jobs import live_job_of
+
     pipeline = store.pipeline
+    live = live_job_of(store, job)  # someone watches it over WS /v1/realtime/video
     fps = int(getattr(pipeline, "fps", 24))
     kwargs = job.request.pipeline_kwargs()
     if job.request.mode == "i2v":
@@ -54,6 +57,8 @@ def _render(store, job: Job, resume_state) -> None:
     elif job.request.mode == "v2v":
         kwargs["video"] = str(job.input_path)
     accepted = _keyword_names(pipeline.stream)
+    if live is not None and "live_prompts" in accepted:
+        kwargs["live_prompts"] = live.prompts
     if "on_state" in accepted:
         kwargs["on_state"] = lambda state: _save_resume_state(store, job, state)
     if resume_state is not None and "resume_state" in accepted:
@@ -63,7 +68,7 @@ def _render(store, job: Job, resume_state) -> None:
     if resumed:
         logger.info("job %s resumes after chunk %d", job.id, resumed - 1)
 
-    writer = VideoWriter(job.video_path, fps=fps)
+    writer = live.video_writer(job.video_path, fps) if live is not None else VideoWriter(job.video_path, fps=fps)
     emitted = 0
     try:
         # The callback reads only dict events, so a pipeline reporting progress in another shape still runs.
@@ -75,6 +80,8 @@ def _render(store, job: Job, resume_state) -> None:
             writer.append(chunk.frames)
             emitted += 1
             store.on_chunk(job, chunk.index, chunk.num_chunks, _size(path))
+            if live is not None:
+                live.chunk_done(chunk.index, chunk.num_chunks)  # its metadata and fragment, to the viewer
             if store.should_stop(job):
                 break
     except Exception as err:
