@@ -229,7 +229,11 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
 def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web page and HTTP API with a job queue")
     p.add_argument("--config_file", default="demo")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 unless you mean to expose it)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (127.0.0.1 unless you mean to expose it: any other needs an API key)")
+    p.add_argument("--api_key", "--api-key", action="append", default=None, metavar="KEY",
+                   help="an API key clients must send (Authorization: Bearer KEY); repeat for several, or set "
+                        "MAGI1_API_KEYS=KEY1,KEY2; each key sees only its own jobs")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
@@ -242,7 +246,7 @@ def add_serve_parser(subparsers) -> None:
                    help="per-job budget in pixel-steps, frames x height x width x steps (default: 8x the config's "
                         "default job)")
     p.add_argument("--max_jobs_per_client", type=_positive_int, default=None,
-                   help="unfinished jobs one client may have at a time (default 8)")
+                   help="unfinished jobs one client (one API key) may have at a time (default 8)")
     p.add_argument("--result_ttl_hours", type=_positive_float, default=None,
                    help="finished jobs are deleted this long after they finish (default 24)")
     p.add_argument("--max_results_gb", type=_positive_float, default=None,

@@ -51,13 +51,16 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None, *,
-               config=None, model_id: str = "magi1") -> FastAPI:
+               config=None, model_id: str = "magi1", api_keys: tuple[str, ...] = ()) -> FastAPI:
     """The ASGI app; `pipeline_factory()` is called once, in the worker thread, to load the model.
 
     `config` (the model's MagiConfig) lets submissions be checked against the model while it still loads;
     without it they are checked once the pipeline has loaded.
     model_id: the name /v1/models gives the model (OpenAI-style clients send it as `model`).
+    api_keys: when given, every API route needs one (Authorization: Bearer) and each key is its own client.
     """
+    from .api_docs import install_docs
+    from .api_keys import install_api_keys
     from .live_jobs import LiveJobs
     from .realtime_video import realtime_router
     from .videos_api import videos_router
@@ -75,11 +78,13 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         finally:
             await run_in_threadpool(store.stop)
 
-    app = FastAPI(title="magi1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="magi1", docs_url=None, redoc_url=None, lifespan=lifespan)  # /docs: api_docs.py
     app.state.jobs = store
     app.state.settings = settings
     app.state.client_identity = shared_client  # replaced by API-key authentication where it is set up
     install_error_handlers(app)
+    if api_keys:
+        install_api_keys(app, api_keys)  # innermost: a request without a key is refused before a route runs
     # Added last = outermost: ErrorGuard, then the host check, the origin check, the size and time limits.
     app.add_middleware(RequestLimits, head_bytes=settings.max_header_bytes, body_bytes=settings.max_body_bytes,
                        file_body_bytes=settings.max_upload_bytes + MiB,  # + room for the form fields
@@ -91,6 +96,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(videos_router(store, settings, model_id))
     app.include_router(realtime_router(store, settings, model_id))
+    install_docs(app)
 
     def find_job(request: Request, job_id: str) -> Job:
         job = store.get(job_id, client_identity(request))
@@ -112,7 +118,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     @app.get("/health")
     def health():
         return JSONResponse({"status": "ok", "model": store.model_state, "model_error": store.model_error,
-                             **store.counts()}, headers=NO_STORE)
+                             "api_key_required": bool(api_keys), **store.counts()}, headers=NO_STORE)
 
     @app.get("/v1/info")
     def info():

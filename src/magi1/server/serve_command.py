@@ -25,6 +25,7 @@ from pathlib import Path
 
 from magi1.errors import InputError
 
+from .api_keys import api_keys_from
 from .settings import GiB, LOOPBACK_HOSTS, ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,12 @@ def main_serve(args) -> int:
 
     from .results_folder import hold_results_folder
 
+    # Before anything is created: a server others can reach must know who they are.
+    api_keys = api_keys_from(getattr(args, "api_key", None), os.environ)
+    if not is_loopback(args.host) and not api_keys:
+        raise InputError(f"--host {args.host} reaches beyond this machine, so the server needs an API key: give "
+                         f"--api_key KEY (repeatable) or set MAGI1_API_KEYS=KEY1,KEY2; clients then send "
+                         f"Authorization: Bearer KEY")
     temporary_dir = None
     if getattr(args, "results_dir", None):
         results_dir = Path(args.results_dir).expanduser().absolute()
@@ -126,10 +133,11 @@ def main_serve(args) -> int:
     from .app import create_app
     from .http_server import uvicorn_config
 
-    if not loopback:
-        logger.warning("listening on %s: anyone who can reach this address can submit jobs", host)
+    if api_keys:
+        logger.info("API keys: %d; every API route and the WebSocket need one", len(api_keys))
 
-    app = create_app(factory, settings, config=config, model_id=f"magi1-{Path(str(args.config_file)).stem}")
+    app = create_app(factory, settings, config=config, model_id=f"magi1-{Path(str(args.config_file)).stem}",
+                     api_keys=api_keys)
     store = app.state.jobs
 
     class Server(uvicorn.Server):

@@ -9,18 +9,56 @@ const ACCEPT = {
   v2v: "video/mp4,video/quicktime,video/webm,video/x-matroska,video/x-msvideo,.mkv,.avi",
 };
 
+const KEY_STORAGE = "magi1.api_key";
 const $ = (id) => document.getElementById(id);
 let mode = "t2v";
 let limits = null;
+let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+let keyRequired = false;
+
+function authHeaders() {
+  return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+}
+
+function askForKey(message) {
+  const form = $("key-form");
+  $("key-message").textContent = message;
+  if (!form.hidden) return;
+  form.hidden = false;
+  $("api-key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  apiKey = $("api-key").value.trim();
+  sessionStorage.setItem(KEY_STORAGE, apiKey);
+  $("key-form").hidden = true;
+  refreshInfo();
+  refreshList();
+}
+
+// A URL the page can put in <video>/<img>: as is without keys; with keys, the bytes fetched with the key
+// (a media element cannot send an Authorization header), as a blob: URL.
+async function mediaUrl(url) {
+  if (!apiKey) return url;
+  const response = await fetch(url, { headers: authHeaders() });
+  if (!response.ok) throw new Error(`${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
 
 // ------------------------------------------------------------------ API
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const sentKey = apiKey;
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  // (a 401 to a request sent before the key was entered says nothing about the key)
+  if (response.status === 401 && sentKey === apiKey) {
+    askForKey(apiKey ? "that API key was refused" : "this server needs an API key");
+  }
   let body = null;
   try { body = await response.json(); } catch (_) { /* an empty or non-JSON body */ }
   if (!response.ok) {
     const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))
-                                       : response.statusText;
+                 : body && body.error && body.error.message ? body.error.message : response.statusText;
     throw new Error(`${response.status}: ${detail}`);
   }
   return body;
@@ -29,6 +67,13 @@ async function api(path, options = {}) {
 // ------------------------------------------------------------------ model status and defaults
 async function refreshInfo() {
   try {
+    const health = await api("/health");
+    keyRequired = Boolean(health.api_key_required);
+    if (keyRequired && !apiKey) {
+      $("model-status").textContent = "API key needed";
+      askForKey("this server needs an API key");
+      return;
+    }
     const info = await api("/v1/info");
     limits = info.limits;
     const badge = $("model-status");
@@ -125,27 +170,115 @@ async function submitJob(event) {
   }
   $("submit").disabled = true;
   try {
+    if ($("live").checked && liveSupported()) {
+      submitLive(await liveRequest());
+      return;
+    }
+    await submitQueued();
+  } catch (err) {
+    message.textContent = err.message;
+    $("submit").disabled = false;
+  }
+}
+
+async function submitQueued() {
+  try {
     const job = await api("/v1/jobs", { method: "POST", body: buildForm() });
     watch(job.id);
     refreshList();
-  } catch (err) {
-    message.textContent = err.message;
   } finally {
     $("submit").disabled = false;
   }
+}
+
+// The form as a session.start message (docs: README "Serving", the WebSocket protocol).
+async function liveRequest() {
+  const request = { prompt: $("prompt").value.trim() };
+  const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
+  if (chunkPrompts) request.chunk_prompts = chunkPrompts;
+  const number = (id) => ($(id).value.trim() ? Number($(id).value) : null);
+  if (number("num_frames") !== null) request.frames = number("num_frames");
+  if (number("steps") !== null) request.num_inference_steps = number("steps");
+  if (number("seed") !== null) request.seed = number("seed");
+  const width = number("width") ?? (Number($("width").placeholder) || null);
+  const height = number("height") ?? (Number($("height").placeholder) || null);
+  if ((number("width") !== null || number("height") !== null) && width && height) request.size = `${width}x${height}`;
+  if (mode !== "t2v") {
+    const file = $("file").files[0];
+    if (!file) throw new Error(mode === "i2v" ? "choose an image first" : "choose a video first");
+    request[mode === "i2v" ? "image" : "video"] = await dataUrl(file);
+    request.keep_aspect = $("keep_aspect").checked;
+  }
+  return request;
+}
+
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error("the file could not be read"));
+    reader.readAsDataURL(file);
+  });
+}
+
+let liveSession = null;
+
+function submitLive(request) {
+  const events = $("live-events");
+  events.textContent = "";
+  liveSession = startLive(request, apiKey, {
+    video: $("player"),
+    onStart: (start) => {
+      watch(start.job_id, { live: true });
+      $("live-form").hidden = false;
+      $("submit").disabled = false;
+      refreshList();
+    },
+    onChunk: (meta) => {
+      events.textContent = `chunk ${meta.chunk + 1}/${meta.num_chunks} streamed · caption "${meta.caption ? meta.caption.prompt : ""}"`;
+    },
+    onEvent: (text) => { $("live-status").textContent = text; },
+    onDone: (done) => {
+      $("live-form").hidden = true;
+      events.textContent = `${done.status}: ${done.chunks} chunk(s) streamed`;
+      refreshList();
+    },
+    onFail: (text, early) => {
+      $("live-form").hidden = true;
+      $("submit").disabled = false;
+      if (early) {
+        // No live session started (e.g. a pipeline that cannot stream): the queued job API instead.
+        submitQueued().catch((err) => { $("form-message").textContent = err.message; });
+      } else {
+        events.textContent = text;
+      }
+    },
+  });
+}
+
+function changePromptNow(event) {
+  event.preventDefault();
+  const prompt = $("live-prompt").value.trim();
+  if (!liveSession || !prompt) return;
+  liveSession.changePrompt(prompt, Number($("live-transition").value) || 0);
+  $("live-status").textContent = "sending…";
 }
 
 // ------------------------------------------------------------------ watching one job
 // The player walks a playlist: one short mp4 per finished chunk, then the whole video once the job is done.
 const watcher = { id: null, state: null, timer: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true };
 
-function watch(jobId) {
+function watch(jobId, { live = false } = {}) {
   clearTimeout(watcher.timer);
-  Object.assign(watcher, { id: jobId, state: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true });
+  Object.assign(watcher, { id: jobId, state: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true,
+                           live });
   const player = $("player");
   delete player.dataset.src;
-  player.removeAttribute("src");
-  player.load();
+  if (!live) {  // a live job's player is fed by the stream (live.js)
+    if (liveSession && !liveSession.done) liveSession.socket.close();
+    player.removeAttribute("src");
+    player.load();
+  }
   $("job-label").textContent = jobId.slice(0, 8);
   $("download").hidden = true;
   pollJob();
@@ -174,6 +307,7 @@ async function pollJob() {
     if (job.urls.video) {
       const link = $("download");
       link.href = `${job.urls.video}?download=1`;
+      link.dataset.url = job.urls.video;
       link.hidden = false;
     }
   } else {
@@ -207,20 +341,28 @@ function showStepPreview(job) {
   preview.dataset.src = src;
   preview.onload = () => { preview.hidden = false; };
   preview.onerror = () => { preview.hidden = true; };  // none yet (404): try again at the next poll
-  preview.src = src;
+  mediaUrl(src).then((url) => { preview.src = url; }, () => { preview.hidden = true; });
 }
 
-function playNext() {
+async function playNext() {
   const player = $("player");
-  if (watcher.next < watcher.playlist.length) {
+  if (watcher.live) {
+    watcher.idle = true;  // the stream feeds the player
+  } else if (watcher.next < watcher.playlist.length) {
     watcher.idle = false;
-    player.src = watcher.playlist[watcher.next++];
+    const id = watcher.id;
+    const url = watcher.playlist[watcher.next++];
+    const src = await mediaUrl(url).catch(() => null);
+    if (id !== watcher.id) return;
+    if (src === null) return playNext();
+    player.src = src;
     player.play().catch(() => { /* autoplay refused: the controls are there */ });
   } else if (watcher.finished && watcher.fullVideo && player.dataset.src !== watcher.fullVideo) {
     // Every chunk has played: leave the whole video in the player, ready to replay.
     watcher.idle = false;
     player.dataset.src = watcher.fullVideo;
-    player.src = watcher.fullVideo;
+    const src = await mediaUrl(watcher.fullVideo).catch(() => null);
+    if (src !== null) player.src = src;
     if (watcher.playlist.length === 0) player.play().catch(() => {});
   } else {
     watcher.idle = true;  // waiting for the next chunk
@@ -290,6 +432,22 @@ async function deleteJob(id) {
   refreshList();
 }
 
+// With a key, a plain link cannot carry it: fetch the mp4 with the key and save it from a blob: URL.
+async function downloadWithKey(event) {
+  const link = $("download");
+  if (!apiKey || link.href.startsWith("blob:")) return;
+  event.preventDefault();
+  try {
+    const url = await mediaUrl(link.dataset.url);
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = `magi1-${watcher.id.slice(0, 12)}.mp4`;
+    save.click();
+  } catch (err) {
+    $("form-message").textContent = `download failed: ${err.message}`;
+  }
+}
+
 function listLoop() {
   refreshList().finally(() => setTimeout(listLoop, POLL_LIST_MS));
 }
@@ -300,6 +458,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("file").addEventListener("change", () => showPreview($("file").files[0] || null));
   $("job-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", () => watcher.id && cancelJob(watcher.id));
+  $("key-form").addEventListener("submit", useKey);
+  $("live-form").addEventListener("submit", changePromptNow);
+  $("download").addEventListener("click", downloadWithKey);
+  if (!liveSupported()) $("live-row").hidden = true;
   const player = $("player");
   player.addEventListener("ended", playNext);
   player.addEventListener("error", playNext);  // a chunk that will not play should not stall the rest
