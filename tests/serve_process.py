@@ -108,12 +108,7 @@ def have_proc() -> bool:
 # ---------------------------------------------------------------------------------------------- checks
 def assert_error(response, status: int | tuple[int, ...], words: str | None = None) -> str:
     """`response` is an error in the API's one shape, with the security headers; returns its message."""
-    statuses = (status,) if isinstance(status, int) else status
-    assert response.status_code in statuses, (response.status_code, response.text[:500])
-    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
-    for name in SECURITY_HEADERS:
-        assert name in response.headers, (name, dict(response.headers))
-    body = response.json()
+    body = _error_body(response, status)
     assert set(body) == {"error", "detail"}, body
     message = body["error"]["message"]
     assert isinstance(message, str) and message and message == body["detail"], body
@@ -121,3 +116,27 @@ def assert_error(response, status: int | tuple[int, ...], words: str | None = No
     if words is not None:
         assert words in message, (words, message)
     return message
+
+
+def assert_openai_error(response, status: int | tuple[int, ...], param: str | None = "", words: str | None = None) -> str:
+    """`response` is an error in OpenAI's envelope alone (the /v1/videos and /v1/models routes), with the
+    security headers; `param` (unless "") is the field it names. Returns its message."""
+    body = _error_body(response, status)
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message, body
+    if param != "":
+        assert body["error"]["param"] == param, body
+    if words is not None:
+        assert words in message, (words, message)
+    return message
+
+
+def _error_body(response, status: int | tuple[int, ...]) -> dict:
+    """The JSON body of an error answer with one of these statuses and the security headers."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert response.status_code in statuses, (response.status_code, response.text[:500])
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    for name in SECURITY_HEADERS:
+        assert name in response.headers, (name, dict(response.headers))
+    return response.json()

@@ -24,13 +24,14 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from serve_process import SECURITY_HEADERS, ServeProcess, assert_error  # noqa: E402
+from serve_process import SECURITY_HEADERS, ServeProcess, assert_error, assert_openai_error  # noqa: E402
 
 from magi1.io.video import write_video  # noqa: E402
 
 WAIT_S = 30.0
 FAKE = ["--pipeline", "serve_fake:load_pipeline", "--config_file", "demo"]
 SMALL_JOB = {"prompt": "a ball", "num_frames": 24, "steps": 4, "height": 32, "width": 32}
+SMALL_VIDEO = {"prompt": "a ball", "seconds": "1", "size": "32x32", "num_inference_steps": 4}  # the Videos API's
 HELD_JOB = {**SMALL_JOB, "num_frames": 48}  # "hold" waits after chunk 0 of 2
 
 
@@ -143,6 +144,12 @@ def test_invalid_settings_refused_while_the_model_loads(server, client):
              ({"prompt": "p", "num_frames": 192, "height": 1280, "width": 1280, "steps": 128}, "budget")]
     for fields, words in cases:
         assert_error(client.post("/v1/jobs", json=fields), 400, words)
+    # The Videos API too: its limits are the config's, stated by /v1/models while the model loads.
+    stated = client.get("/v1/models").json()["data"][0]
+    assert stated["status"] == "loading" and stated["magi1"]["frames_per_chunk"] == 24
+    for fields, param in (({"prompt": "p", "num_inference_steps": 30}, "num_inference_steps"),
+                          ({"prompt": "p", "size": "1280x1280"}, "size"), ({"prompt": "p", "seconds": "99"}, "seconds")):
+        assert_openai_error(client.post("/v1/videos", json=fields), 400, param)
     assert client.get("/health").json()["model"] == "loading"  # really checked while loading
     assert client.get("/v1/info").json()["defaults"]["frames_per_chunk"] == 24
 
@@ -250,6 +257,13 @@ def test_validation_comes_before_queue_full(ready):
         full = ready.post("/v1/jobs", json=SMALL_JOB)
         assert_error(full, 429, "queue is full")
         assert full.headers.get("retry-after")
+        # The Videos API checks in the same order, and answers in OpenAI's envelope.
+        assert_openai_error(ready.post("/v1/videos", json={**SMALL_VIDEO, "seconds": "²"}), 400, "seconds")
+        assert_openai_error(ready.post("/v1/videos", json={**SMALL_VIDEO, "num_inference_steps": 6}), 400,
+                            "num_inference_steps", "divisible by window_size")
+        full = ready.post("/v1/videos", json=SMALL_VIDEO)
+        assert_openai_error(full, 429, None, "queue is full")
+        assert full.json()["error"]["type"] == "rate_limit_error" and full.headers.get("retry-after")
     finally:
         for response in held:
             ready.post(f"/v1/jobs/{response.json()['id']}/cancel")
@@ -428,6 +442,47 @@ def test_no_request_gets_a_500(ready, tmp_path):
         assert response.status_code < 500, (method, path, str(options)[:200], response.text[:300])
         if response.status_code >= 400:
             assert_error(response, response.status_code)
+
+
+# ---------------------------------------------------------------------------------------------- the Videos API
+def test_videos_api_routes_hold_the_same_line(server, ready):
+    """/v1/videos and /v1/models: strict numbers and JSON, capped bodies and echoes, HEAD, no paths, no 500."""
+    for field, bad in (("seconds", "²"), ("seconds", "١"), ("seconds", "1_0"), ("seconds", 10**400), ("seconds", [1]),
+                       ("size", "١٢٨x٦٤"), ("size", ["64x64"]), ("seed", "①"), ("num_inference_steps", "--5"),
+                       ("fps", "٣"), ("keep_aspect", "perhaps")):
+        assert_openai_error(ready.post("/v1/videos", json={**SMALL_VIDEO, field: bad}), 400, field)
+        if not isinstance(bad, (int, list)):
+            assert_openai_error(ready.post("/v1/videos", data={**SMALL_VIDEO, field: bad}), 400, field)
+    json_type = {"content-type": "application/json"}
+    for body in (b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{}", '{"prompt": "\ud800"}'.encode("utf-8", "surrogatepass")):
+        assert_openai_error(ready.post("/v1/videos", content=body, headers=json_type), 400)
+    many = ready.post("/v1/videos", json={**SMALL_VIDEO, **{f"k{i:05d}" + "x" * 30: 1 for i in range(20_000)}})
+    assert_openai_error(many, 400, words="unknown parameter")
+    assert len(many.content) < 2000
+    head = (b"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 20971520\r\n\r\n")
+    status, headers, answer = raw_exchange(server.url, head)
+    assert status == 413 and set(json.loads(answer)) == {"error"} and "x-frame-options" in headers
+    for method, path in (("GET", "/v1/videos?limit=²"), ("GET", "/v1/videos?after=video_" + "0" * 32),
+                         ("GET", "/v1/videos/video_../../etc/passwd"), ("GET", "/v1/videos/%2e%2e/%2e%2e/etc/passwd"),
+                         ("PUT", "/v1/videos"), ("GET", "/v1/models/other"), ("DELETE", "/v1/videos/" + "a" * 5000),
+                         ("POST", "/v1/videos/extensions"), ("GET", "/v1/videos/video_x/content?variant=zzz")):
+        response = ready.request(method, path, json={"prompt": "p", "video": {"id": 5}} if method == "POST" else None)
+        assert_openai_error(response, (400, 404, 405))
+    # A video whose run fails reports why, without the server paths the exception named.
+    failed = ready.post("/v1/videos", json={**SMALL_VIDEO, "prompt": "please fail"}).json()
+    assert wait_finished(ready, failed["id"][len("video_"):])["state"] == "failed"
+    error = ready.get(f"/v1/videos/{failed['id']}").json()["error"]
+    assert "asked to fail" in error["message"] and "/srv/" not in error["message"], error
+    # HEAD on every GET route of the Videos API.
+    made = ready.post("/v1/videos", json=SMALL_VIDEO).json()
+    assert wait_finished(ready, made["id"][len("video_"):])["state"] == "done"
+    model_id = ready.get("/v1/models").json()["data"][0]["id"]
+    for path in ("/v1/videos", f"/v1/videos/{made['id']}", f"/v1/videos/{made['id']}/content",
+                 f"/v1/videos/{made['id']}/content?variant=thumbnail", "/v1/models", f"/v1/models/{model_id}"):
+        got, probed = ready.get(path), ready.head(path)
+        assert probed.status_code == 200 == got.status_code, (path, probed.status_code)
+        assert probed.content == b"" and int(probed.headers["content-length"]) == len(got.content), path
 
 
 # ---------------------------------------------------------------------------------------------- one server per folder

@@ -224,9 +224,19 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
 
 def answer_head_on_get_routes(app: FastAPI) -> None:
     """Players and proxies probe with HEAD; FastAPI's GET routes refuse it with 405 unless told."""
-    for route in app.router.routes:
+    for route in _routes_of(app.router):
         if isinstance(route, APIRoute) and "GET" in route.methods:
             route.methods.add("HEAD")
+
+
+def _routes_of(router):
+    """Every route of `router`, those of included routers too (FastAPI keeps an included router whole)."""
+    for route in router.routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes_of(inner)
+        else:
+            yield route
 
 
 # ---------------------------------------------------------------------------------------------- helpers

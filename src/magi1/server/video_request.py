@@ -14,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .job_request import BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _text, whole_number
+from .job_request import (BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _text, short_number,
+                          whole_number)
 from .openai_errors import ApiError, invalid
 from .settings import ServerSettings
 
@@ -194,19 +195,27 @@ def parse_size(value: Any, limits: ModelLimits) -> tuple[int, int]:
     return width, height
 
 
+def _shown(value: Any) -> str:
+    """A client's value in a message: short, whatever its type or size."""
+    return repr(value)[:20] if not isinstance(value, int) else repr(short_number(value))
+
+
 def parse_seconds(value: Any, limits: ModelLimits, default: float | None) -> float:
     if value in (None, ""):
         if default is None:
             raise invalid("seconds is required", param="seconds", code="missing_required_parameter")
         return default
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # a JSON integer beyond any float
+            seconds = math.inf if value > 0 else math.nan
     elif isinstance(value, str) and SECONDS_PATTERN.match(value):
         seconds = float(value)
     else:
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise invalid(f"seconds must be a positive number, got {str(value)[:20]!r}", param="seconds")
+    if math.isnan(seconds) or seconds <= 0:
+        raise invalid(f"seconds must be a positive number, got {_shown(value)}", param="seconds")
     if seconds > limits.max_seconds + 1e-9:
         raise invalid(f"seconds must be at most {seconds_text(limits.max_seconds)} on this server "
                       f"({limits.frames_per_chunk}-frame chunks at {limits.fps} fps)", param="seconds",

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import video_files
 from .clients import client_identity
+from .cost import JobCost, budget_for, cost_view
 from .errors import scrub_paths
 from .job_request import BadRequest, whole_number
 from .jobs import Job, JobStore, Refusal, StagedJob
@@ -77,7 +78,9 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
 
     def view(job: Job) -> dict:
         record = store.snapshot(job)
-        return video_object(record, job, model_id, settings, frames_cache)
+        config = store.config
+        budget = budget_for(settings, config.runtime_config) if config is not None else None
+        return video_object(record, job, model_id, settings, frames_cache, budget)
 
     async def commit(request: Request, staged: StagedJob, prepared) -> Job:
         """Check the request against the config and the cost budget, then queue it (the last check is room)."""
@@ -268,7 +271,9 @@ def _limit(text: str | None) -> int:
 
 
 def _param_of(message: str) -> str | None:
-    """The Videos API field a config or budget refusal is about."""
+    """The Videos API field a config refusal is about (a budget refusal is about several)."""
+    if "budget" in message:
+        return None
     if "step" in message:
         return "num_inference_steps"
     if "frames" in message or "chunk" in message:
@@ -285,7 +290,8 @@ def prepare_extension(source, folder, request_job, model: ModelLimits) -> int:
         raise invalid(f"the video cannot be read: {scrub_paths(str(err))}", param="video") from None
 
 
-def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict) -> dict:
+def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict,
+                 budget: int | None = None) -> dict:
     """The OpenAI video object of a job, with magi1's own fields under "magi1"."""
     request = record["request"]
     meta = request.get("video_api") or {}
@@ -316,5 +322,6 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
                   "num_inference_steps": request.get("steps"), "chunk_prompts": request.get("chunk_prompts"),
                   "negative_prompt": request.get("negative_prompt"), "chunks_ready": record["chunks_ready"],
                   "num_chunks": record["num_chunks"], "fps": fps, "queue_position": record["queue_position"],
+                  "estimated_cost": cost_view(JobCost(*record["cost"]) if record.get("cost") else None, budget),
                   "job": f"/v1/jobs/{record['id']}"},
     }
