@@ -22,7 +22,7 @@ pytest.importorskip("fastapi")
 from serve_process import ServeProcess  # noqa: E402
 
 WAIT_S = 240.0
-CHUNKS = 3
+CHUNKS = 8  # the tiny model's chunks come out a step apart: enough of them that a stop lands mid-job
 
 
 def model_args(tiny_model, tmp_path) -> list[str]:
@@ -101,14 +101,17 @@ def test_sigterm_then_restart_resumes_to_the_same_video_and_cancel_keeps_chunks(
         assert resumed_frames.shape == reference_frames.shape == (job_fields["num_frames"], 32, 32, 3)
         assert np.array_equal(resumed_frames, reference_frames)  # resume, not restart: the same video
 
-        cancelled = client.post("/v1/jobs", json=job_fields).json()
-        watch.until(cancelled["id"], lambda j: j["chunks_ready"] >= 1, "one chunk in")
-        assert client.post(f"/v1/jobs/{cancelled['id']}/cancel").status_code == 200
-        cancelled = watch.finished(cancelled["id"])
+        for _attempt in range(3):  # a cancel that comes after the last chunk leaves the job "done": try again
+            cancelled = client.post("/v1/jobs", json=job_fields).json()
+            watch.until(cancelled["id"], lambda j: j["chunks_ready"] >= 1, "one chunk in")
+            assert client.post(f"/v1/jobs/{cancelled['id']}/cancel").status_code in (200, 409)
+            cancelled = watch.finished(cancelled["id"])
+            if cancelled["state"] != "done":
+                break
         kept = cancelled["chunks_ready"]
         assert cancelled["state"] == "cancelled" and 1 <= kept < CHUNKS and cancelled["error"] is None, cancelled
-        partial = decoded(client.get(cancelled["urls"]["video"]).content)
-        assert len(partial) == kept * defaults["frames_per_chunk"]
+        partial = decoded(client.get(cancelled["urls"]["video"]).content)  # a playable video of the kept chunks
+        assert len(partial) == kept * defaults["frames_per_chunk"] and len(cancelled["urls"]["chunks"]) == kept
         for index in range(kept):  # each kept chunk is the reference's chunk
             mine = client.get(cancelled["urls"]["chunks"][index]).content
             assert np.array_equal(decoded(mine), decoded(client.get(reference["urls"]["chunks"][index]).content))
