@@ -131,6 +131,59 @@ def test_resize_non_integer_ratio_stays_within_one_level_of_bilinear():
     assert np.abs(out - exact).max() <= 1.0
 
 
+def _documented_resize(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.resize INTER_LINEAR worked out value by value from physics-iq.md §4: (SIMD formula, scalar formula)."""
+
+    def taps(n_in: int, n_out: int, clamp: bool):
+        out = []
+        for d in range(n_out):
+            f = np.float32((d + 0.5) * (1.0 / (n_out / n_in)) - 0.5)
+            s = int(np.floor(f))
+            a = np.float32(f - np.float32(s))
+            if clamp and s < 0:
+                s, a = 0, np.float32(0)
+            if clamp and s >= n_in - 1:
+                s, a = n_in - 1, np.float32(0)
+            out.append((s, int(np.rint(np.float32(np.float32(1) - a) * np.float32(2048))),
+                        int(np.rint(a * np.float32(2048)))))
+        return out
+
+    src_h, src_w, channels = image.shape
+    cols, rows = taps(src_w, width, True), taps(src_h, height, False)
+    simd = np.zeros((height, width, channels), np.int64)
+    scalar = np.zeros_like(simd)
+    for y, (s, b0, b1) in enumerate(rows):
+        r0, r1 = min(max(s, 0), src_h - 1), min(max(s + 1, 0), src_h - 1)
+        for x, (c, c0, c1) in enumerate(cols):
+            for k in range(channels):
+                h0 = c0 * int(image[r0, c, k]) + c1 * int(image[r0, min(c + 1, src_w - 1), k])
+                h1 = c0 * int(image[r1, c, k]) + c1 * int(image[r1, min(c + 1, src_w - 1), k])
+                simd[y, x, k] = (((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16) + 2) >> 2
+                scalar[y, x, k] = (h0 * b0 + h1 * b1 + (1 << 21)) >> 22
+    return np.clip(simd, 0, 255).astype(np.uint8), np.clip(scalar, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("channels, width, height", [(1, 13, 22), (3, 13, 22), (1, 21, 17), (3, 21, 17)])
+def test_resize_rounds_every_value_of_a_row_with_the_simd_formula(channels, width, height):
+    """Rows of width × channels values not a multiple of 8: the last (length mod 8) values round as SIMD too."""
+    image = np.random.default_rng(width * channels).integers(0, 256, (50, 70, channels), dtype=np.uint8)
+    simd, scalar = _documented_resize(image, width, height)
+    tail = (width * channels) % 8
+    assert tail  # the case the old scalar tail got wrong ...
+    tail_values = lambda a: a.reshape(height, -1)[:, -tail:]  # noqa: E731
+    assert (tail_values(simd) != tail_values(scalar)).any()  # ... and the two roundings disagree there
+    np.testing.assert_array_equal(resize_linear(image, width, height), simd)
+
+
+def test_resize_matches_opencv_when_installed():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(3)
+    for shape, size in (((50, 70, 3), (13, 22)), ((40, 61, 3), (21, 17)), ((37, 45, 1), (21, 11))):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).reshape(size[1], size[0], shape[2])
+        np.testing.assert_array_equal(resize_linear(image, *size), expected)
+
+
 # --------------------------------------------------------------------------------------------- masks
 def _uniform_video(levels, size=(16, 16)) -> np.ndarray:
     return np.stack([np.full(size + (3,), v, np.uint8) for v in levels])

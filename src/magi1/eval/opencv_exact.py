@@ -159,11 +159,6 @@ def dilate_5x5(mask: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- resize
 
 _COEF_SCALE = 2048  # INTER_RESIZE_COEF_SCALE: interpolation weights are 11-bit fixed point
-# Elements per row (width × channels) that OpenCV's vertical pass does with SIMD. Its generic
-# resize is compiled for the x86-64 baseline (128-bit SSE), whose 16-bit vectors hold 8 lanes.
-# Only the last (row_length mod 8) elements take the scalar rounding; for integer scale factors
-# both roundings agree, so this matters only for non-integer ratios.
-SIMD_INT16_LANES = 8
 
 
 def _axis_taps(source: int, target: int, clamp_fraction: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,15 +177,15 @@ def _axis_taps(source: int, target: int, clamp_fraction: bool) -> tuple[np.ndarr
     return first, weight_first, weight_next
 
 
-def resize_linear(image: np.ndarray, width: int, height: int, simd_lanes: int = SIMD_INT16_LANES) -> np.ndarray:
+def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """uint8 (..., H, W, C) → (..., height, width, C): cv2.resize(img, (width, height)), INTER_LINEAR.
 
-    The last axis is always channels (pass a grey image as (..., H, W, 1)): the channel count sets
-    where the scalar tail of the vertical pass begins. Bilinear with OpenCV's fixed point: a
-    horizontal pass with 11-bit integer weights (exact), then a vertical pass that rounds like the
-    SIMD code (pre-shift by 4, high half of a 16-bit product, then (x + 2) >> 2). For a ×4 reduction
-    each output is ⌊(sum of the 2×2 central pixels + 2) / 4⌋, not a 4×4 box average.
-    Note the argument order: width first, as in OpenCV.
+    The last axis is always channels (pass a grey image as (..., H, W, 1)). Bilinear with OpenCV's
+    fixed point: a horizontal pass with 11-bit integer weights (exact), then a vertical pass that
+    rounds like the SIMD code (pre-shift by 4, high half of a 16-bit product, then (x + 2) >> 2) for
+    every value of a row, its last (row length mod 8) values included: OpenCV 4.11 and 5.0 round none
+    of them with the scalar (x + 2^21) >> 22 (physics-iq.md §4). For a ×4 reduction each output is ⌊(sum of the 2×2 central pixels + 2) / 4⌋, not a 4×4 box
+    average. Note the argument order: width first, as in OpenCV.
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim < 3:
@@ -209,10 +204,5 @@ def resize_linear(image: np.ndarray, width: int, height: int, simd_lanes: int = 
     lower = across[..., np.clip(row + 1, 0, src_height - 1), :, :]
     w0 = row_w0[:, None, None]
     w1 = row_w1[:, None, None]
-    vector = (((upper >> 4) * w0 >> 16) + ((lower >> 4) * w1 >> 16) + 2) >> 2
-    scalar = (upper * w0 + lower * w1 + (1 << 21)) >> 22
-    # The vertical pass runs along a row of width × channels interleaved values; only its tail is scalar.
-    row_length = width * channels
-    tail_start = row_length - row_length % simd_lanes
-    in_tail = (np.arange(row_length) >= tail_start).reshape(width, channels)
-    return np.clip(np.where(in_tail, scalar, vector), 0, 255).astype(np.uint8)
+    vertical = (((upper >> 4) * w0 >> 16) + ((lower >> 4) * w1 >> 16) + 2) >> 2
+    return np.clip(vertical, 0, 255).astype(np.uint8)
