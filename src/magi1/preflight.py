@@ -223,12 +223,14 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
 def check_weights_present(config, *, text_encoder: bool = True, vae: bool = True) -> None:
     """Fail fast, before loading anything, when a folder the config names is missing."""
     from .checkpoint.layout import weight_dir
+    from .checkpoint.packed_layout import refuse_packed_checkpoint
 
     r, e = config.runtime_config, config.engine_config
     if not r.load:
         raise MissingWeightsError("runtime_config.load is not set: point it at the checkpoint root folder "
                                   "(in the config, or with --set runtime_config.load=FOLDER)")
-    weight_dir(config.resolve_path(r.load), distill=e.distill, fp8_quant=e.fp8_quant)
+    folder = weight_dir(config.resolve_path(r.load), distill=e.distill, fp8_quant=e.fp8_quant)
+    refuse_packed_checkpoint(folder)  # MAGI-1.1's stacked layout: named now, not as missing keys after loading
     if vae and not vae_present(config):
         raise MissingWeightsError(f"VAE folder {config.resolve_path(r.vae_pretrained)!r} "
                                   f"(runtime_config.vae_pretrained) has no config.json")

@@ -20,6 +20,7 @@ _WHERE = {
     "pipeline_stage_layers": "loader",
     "plan_shards": "layout",
     "promote_high_precision": "loader",
+    "refuse_packed_checkpoint": "packed_layout",
     "read_state_dict": "loader",
     "rename_kept_layers": "loader",
     "runtime_dtype_for": "loader",

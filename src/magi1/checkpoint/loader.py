@@ -24,6 +24,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import nn
 
 from .layout import CheckpointError, ShardPlan, plan_shards, weight_dir
+from .packed_layout import packed_layer_keys, packed_layout_message
 
 if TYPE_CHECKING:
     from ..config import MagiConfig
@@ -372,6 +373,10 @@ def load_state_dict_into(
         expected = {
             name: TensorInfo(tuple(t.shape), t.dtype) for name, t in model.state_dict(keep_vars=True).items()
         }
+
+        packed = packed_layout_message(where, {n: _info_of(source, n).shape for n in packed_layer_keys(source.keys())})
+        if packed:
+            raise CheckpointError(packed)
 
         report = LoadReport()
         report.missing = [n for n in expected if n not in names and n not in defaults]
