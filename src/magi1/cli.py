@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,14 @@ def validate_generate_args(args):
             raise UsageError(f"{flag}: no such file: {path}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads is not None and args.threads > _usable_cpus():
+        # More threads than CPUs only slows torch down, and a huge count exhausts memory creating them.
+        raise UsageError(f"--threads {args.threads} is more than the {_usable_cpus()} CPUs this process may use")
+    if args.blocks_on_device is not None and args.blocks_on_device < 1:
+        raise UsageError(f"--blocks_on_device must be at least 1, got {args.blocks_on_device}")
+    timeout = getattr(args, "enhance_timeout", None)
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise UsageError(f"--enhance_timeout must be a positive number of seconds, got {timeout}")
     try:
         if args.dtype is not None:
             canonical_dtype_name(args.dtype)
@@ -145,6 +154,13 @@ def validate_generate_args(args):
 
     check_generate_enhance_args(args)
     return mode, checked.config
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what a container or taskset leaves us, not the host's count
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _flag_names(message: str) -> str:
