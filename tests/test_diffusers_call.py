@@ -131,3 +131,16 @@ def test_guidance_scale_and_negative_prompt(tiny_pipeline, monkeypatch):
         distilled("a red ball", guidance_scale=2.0, **common)
     with pytest.raises(InputError, match="negative prompt"):
         distilled("a red ball", negative_prompt="blur", **common)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": 123}, "prompt must be text or a list of texts, got int"),
+    ({"prompt": "a ball", "negative_prompt": 3}, "negative_prompt must be text or a list of texts"),
+    ({"prompt": "a ball", "generator": 5}, "generator must be a torch.Generator"),
+    ({"prompt": ["a", "b"], "generator": [torch.Generator(), 7]}, "got int"),
+])
+def test_wrong_argument_types_are_one_plain_error(tiny_pipeline, kwargs, message):
+    # A diffusers user's slip (a seed where a generator goes, a number as the prompt) is an InputError that
+    # says what was expected, not a TypeError from deep inside the tokenizer or torch.randn.
+    with pytest.raises(InputError, match=re.escape(message)):
+        tiny_pipeline(num_frames=24, progress=False, **kwargs)

@@ -239,9 +239,13 @@ def _expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, lis
         if bad:
             raise InputError(f"every prompt of the list must be non-empty text, got {bad[0]!r}")
         prompts = list(prompt)
-    else:
+    elif prompt is None or isinstance(prompt, str):  # None: prompt_embeds or chunk prompts give the text
         prompts = [prompt]
+    else:
+        raise InputError(f"prompt must be text or a list of texts, got {type(prompt).__name__}")
     negatives = None
+    if negative_prompt is not None and not isinstance(negative_prompt, (str, list, tuple)):
+        raise InputError(f"negative_prompt must be text or a list of texts, got {type(negative_prompt).__name__}")
     if negative_prompt is not None:
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):

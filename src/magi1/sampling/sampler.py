@@ -68,6 +68,11 @@ def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, ge
         if tuple(latents.shape) != tuple(shape):
             raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
         return latents.float().cpu()
+    given = generator if isinstance(generator, (list, tuple)) else [generator] if generator is not None else []
+    odd = [g for g in given if not isinstance(g, torch.Generator)]
+    if odd:
+        raise InputError(f"generator must be a torch.Generator or a list of them, got {type(odd[0]).__name__} "
+                         f"(for a seed, use torch.Generator().manual_seed(n))")
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")
