@@ -277,6 +277,9 @@ def add_serve_parser(subparsers) -> None:
                    help="idle keep-alive connections are closed after this (default 5)")
     p.add_argument("--pipeline", default=None, metavar="MODULE:CALLABLE",
                    help="serve your own pipeline: CALLABLE(config) returns an object with MagiPipeline's stream()")
+    from .prompting.cli import add_endpoint_options
+
+    add_endpoint_options(p)  # for jobs that send "enhance": true or a "story"
     p.set_defaults(func=run_serve)
 
 

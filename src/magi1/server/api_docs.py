@@ -36,15 +36,20 @@ _CHUNK_PROMPTS = {"description": "per-chunk captions: {\"2\": \"a new prompt\"} 
                                  "or a list (chunk_prompts[] in a form)",
                   "oneOf": [{"type": "object", "additionalProperties": {"type": "string"}},
                             {"type": "array", "items": {"type": "string"}}, {"type": "string"}]}
+_ENHANCE = {"type": "boolean", "description": "rewrite prompt / chunk_prompts into MAGI-1 captions before the run "
+                                             "(the server's model, or its fallback templates)"}
+_STORY = {"description": "story mode (instead of prompt): a story, or its beats in order; the server's model writes "
+                         "one caption per shot and picks the chunk each starts at",
+          "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _MAGI1_EXTRAS = {"seed": _INT, "num_inference_steps": _INT, "chunk_prompts": _CHUNK_PROMPTS,
-                 "negative_prompt": _TEXT, "fps": _INT, "keep_aspect": _BOOL}
+                 "negative_prompt": _TEXT, "fps": _INT, "keep_aspect": _BOOL, "enhance": _ENHANCE, "story": _STORY}
 _SECONDS = {"description": "length; rounded up to whole chunks", "oneOf": [{"type": "string"}, {"type": "number"}]}
 _SIZE = {"type": "string", "description": "WIDTHxHEIGHT, multiples of 16, at most the model's frame area",
          "example": "64x64"}
 
 JOB_FIELDS = {"mode": {"type": "string", "enum": ["t2v", "i2v", "v2v"]}, "prompt": _TEXT,
               "chunk_prompts": _CHUNK_PROMPTS, "negative_prompt": _TEXT, "num_frames": _INT, "height": _INT,
-              "width": _INT, "steps": _INT, "seed": _INT, "keep_aspect": _BOOL}
+              "width": _INT, "steps": _INT, "seed": _INT, "keep_aspect": _BOOL, "enhance": _ENHANCE, "story": _STORY}
 VIDEO_FIELDS = {"prompt": _TEXT, "model": _TEXT, "seconds": _SECONDS, "size": _SIZE, **_MAGI1_EXTRAS}
 IMAGE_REFERENCE = {"type": "object", "properties": {"image_url": {"type": "string", "description": "a data URL"}}}
 VIDEO_REFERENCE = {"type": "object", "properties": {"id": {"type": "string", "description": "a completed video"}}}

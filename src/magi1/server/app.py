@@ -51,14 +51,19 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | None = None, *,
-               config=None, model_id: str = "magi1", api_keys: tuple[str, ...] = ()) -> FastAPI:
+               config=None, model_id: str = "magi1", api_keys: tuple[str, ...] = (),
+               enhance_settings=None) -> FastAPI:
     """The ASGI app; `pipeline_factory()` is called once, in the worker thread, to load the model.
 
     `config` (the model's MagiConfig) lets submissions be checked against the model while it still loads;
     without it they are checked once the pipeline has loaded.
     model_id: the name /v1/models gives the model (OpenAI-style clients send it as `model`).
     api_keys: when given, every API route needs one (Authorization: Bearer) and each key is its own client.
+    enhance_settings: the endpoint of jobs that ask for prompt enhancement (EnhanceSettings); None: the
+    deterministic fallback templates.
     """
+    from magi1.prompting import EnhanceSettings
+
     from .api_docs import install_docs
     from .api_keys import install_api_keys
     from .live_jobs import LiveJobs
@@ -68,6 +73,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     settings = settings or ServerSettings()
     store = JobStore(settings, pipeline_factory, config=config)
     store.live_jobs = LiveJobs()  # jobs watched over WS /v1/realtime/video (live_jobs.py)
+    store.enhance_settings = enhance_settings or EnhanceSettings()  # read by the worker (job_enhance.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -127,6 +133,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         limits["max_job_cost"] = budget_of()
         return JSONResponse({"model": store.model_state, "defaults": model_defaults(runtime, store.pipeline),
                              "limits": limits, "modes": ["t2v", "i2v", "v2v"],
+                             "enhancer": store.enhance_settings.model or "fallback",
                              "default_cost": None if runtime is None else job_cost(runtime).pixel_steps},
                             headers=NO_STORE)
 
@@ -252,6 +259,9 @@ def job_view(record: dict, budget: int | None = None) -> dict:
         "mode": request["mode"],
         "prompt": request["prompt"],
         "chunk_prompts": chunk_prompts,
+        "enhance": bool(request.get("enhance")),
+        "story": request.get("story"),
+        "enhanced": record.get("enhanced"),  # {"prompt", "chunk_prompts", "original", "enhancer", "mode"}
         "settings": {k: request[k] for k in ("num_frames", "height", "width", "steps", "seed", "keep_aspect")},
         "has_input": request.get("input_name") is not None,
         "progress": round(float(record["progress"]), 4),

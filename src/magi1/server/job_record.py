@@ -59,6 +59,8 @@ class Job:
     fps: int | None = None
     has_video: bool = False
     disk_bytes: int = 0
+    # What prompt enhancement made (EnhancedPrompts.to_dict()): kept, so a resumed job keeps its captions.
+    enhanced: dict | None = None
     # Not saved: what a running server asks of the job now.
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     delete_requested: bool = False
@@ -88,7 +90,7 @@ class Job:
             "error": self.error, "progress": self.progress, "chunks_ready": self.chunks_ready,
             "num_chunks": self.num_chunks, "resumable_chunks": self.resumable_chunks,
             "resumed_chunks": self.resumed_chunks, "fps": self.fps, "has_video": self.has_video,
-            "disk_bytes": self.disk_bytes,
+            "disk_bytes": self.disk_bytes, "enhanced": self.enhanced,
         }
 
     @classmethod
@@ -110,4 +112,6 @@ class Job:
         job.fps = record.get("fps")
         job.has_video = bool(record.get("has_video"))
         job.disk_bytes = int(record.get("disk_bytes") or 0)
+        enhanced = record.get("enhanced")
+        job.enhanced = enhanced if isinstance(enhanced, dict) else None
         return job

@@ -15,7 +15,8 @@ from .settings import ServerSettings
 
 MODES = ("t2v", "i2v", "v2v")
 INT_FIELDS = ("num_frames", "height", "width", "steps", "seed")
-KNOWN_FIELDS = ("mode", "prompt", "chunk_prompts", "negative_prompt", "keep_aspect", *INT_FIELDS)
+ENHANCE_FIELDS = ("enhance", "story")
+KNOWN_FIELDS = ("mode", "prompt", "chunk_prompts", "negative_prompt", "keep_aspect", *INT_FIELDS, *ENHANCE_FIELDS)
 MAX_SEED = 2**63 - 1
 UPLOAD_FIELD = "file"
 # A whole number as text: an optional minus and ASCII digits only ("²", "①", "٣", "--5", "1e3", "0x10" are not).
@@ -43,6 +44,12 @@ class JobRequest:
     input_name: str | None = None                  # server-chosen name of the upload inside the job folder
     negative_prompt: str | None = None             # replaces the null caption of the unconditional passes
     video_api: dict | None = None                  # what the Videos API recorded (videos_api.py), else None
+    enhance: bool = False                          # rewrite the prompt(s) into MAGI-1 captions in the job
+    story: str | list[str] | None = None           # story mode: a story, or its beats in order -> chunk captions
+
+    @property
+    def wants_enhancement(self) -> bool:
+        return self.enhance or self.story is not None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -82,13 +89,16 @@ def parse_job_fields(fields: Mapping[str, Any], settings: ServerSettings, *, upl
     mode = _mode(fields.get("mode"), upload_kind)
     prompt = _text(fields.get("prompt"), "prompt", settings)
     chunk_prompts = _chunk_prompts(fields.get("chunk_prompts"), settings)
-    if not prompt and not (chunk_prompts and 0 in chunk_prompts):
-        raise BadRequest("a prompt is required (or chunk_prompts with an entry for chunk 0)")
+    story = story_field(fields.get("story"), settings)
+    enhance = check_enhancement(_bool(fields.get("enhance"), "enhance") if "enhance" in fields else None, story,
+                                prompt, chunk_prompts)
+    if not prompt and not (chunk_prompts and 0 in chunk_prompts) and story is None:
+        raise BadRequest("a prompt is required (or chunk_prompts with an entry for chunk 0, or a story)")
     ints = {name: whole_number(fields.get(name), name) for name in INT_FIELDS}
     _check_limits(ints, settings)
     return JobRequest(mode=mode, prompt=prompt, chunk_prompts=chunk_prompts,
                       negative_prompt=_text(fields.get("negative_prompt"), "negative_prompt", settings),
-                      keep_aspect=_bool(fields.get("keep_aspect")), **ints)
+                      keep_aspect=_bool(fields.get("keep_aspect")), enhance=enhance, story=story, **ints)
 
 
 def _mode(value: Any, upload_kind: str | None) -> str:
@@ -155,6 +165,50 @@ def _chunk_prompts(value: Any, settings: ServerSettings) -> dict[int, str] | Non
     return schedule or None
 
 
+def story_field(value: Any, settings: ServerSettings) -> str | list[str] | None:
+    """Story mode's input: a story as text, or its beats as a list of texts (in order); None when not sent."""
+    from magi1.prompting.story import MAX_BEATS, MAX_STORY_CHARS
+
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        story = _text(value, "story", settings)
+        if story is not None and len(story) > MAX_STORY_CHARS:
+            raise BadRequest(f"story is {len(story)} characters; the enhancer takes at most {MAX_STORY_CHARS}")
+        return story
+    if not isinstance(value, list):
+        raise BadRequest(f"story must be text or a list of beats (texts), got {json_kind(value)}")
+    limit = min(MAX_BEATS, settings.max_chunk_prompts)
+    if not value or len(value) > limit:
+        raise BadRequest(f"story has {len(value)} beats; it takes 1 to {limit}")
+    beats = []
+    for number, text in enumerate(value):
+        beat = _text(text, f"story[{number}]", settings)
+        if not beat:
+            raise BadRequest(f"story[{number}] is empty")
+        beats.append(beat)
+    return beats
+
+
+def check_enhancement(enhance: bool | None, story, prompt: str | None,
+                      chunk_prompts: dict[int, str] | None) -> bool:
+    """Whether the job's prompts are enhanced (`enhance` None: not sent); a story is always enhanced."""
+    from magi1.prompting.enhancer import MAX_PROMPT_CHARS
+
+    if story is not None:
+        if enhance is False:
+            raise BadRequest("a story is turned into captions by prompt enhancement; drop enhance: false")
+        if prompt or chunk_prompts:
+            raise BadRequest("story makes the run's captions; send it without prompt and chunk_prompts")
+        return True
+    if enhance:
+        for text in [prompt or "", *(chunk_prompts or {}).values()]:
+            if len(text) > MAX_PROMPT_CHARS:
+                raise BadRequest(f"a prompt to enhance may be at most {MAX_PROMPT_CHARS} characters, got "
+                                 f"{len(text)}")
+    return bool(enhance)
+
+
 def echo_names(names: list, limit: int = MAX_ECHOED_NAMES) -> str:
     """A few of `names`, each shortened, for an error message that must stay small however many were sent."""
     shown = ", ".join(repr(str(name)[:40]) for name in names[:limit])
@@ -190,7 +244,7 @@ def whole_number(value: Any, name: str) -> int | None:
     return int(text)
 
 
-def _bool(value: Any) -> bool:
+def _bool(value: Any, name: str = "keep_aspect") -> bool:
     if isinstance(value, bool):
         return value
     if value in (None, ""):
@@ -200,7 +254,7 @@ def _bool(value: Any) -> bool:
         return True
     if text in ("0", "false", "off", "no"):
         return False
-    raise BadRequest(f"keep_aspect must be true or false, got {text[:20]!r}")
+    raise BadRequest(f"{name} must be true or false, got {text[:20]!r}")
 
 
 def _check_limits(ints: dict[str, int | None], settings: ServerSettings) -> None:

@@ -7,6 +7,8 @@
 - A cancel (or a shutdown) stops the run at the next step. A cancelled job keeps the chunks it finished,
   and its video of those chunks is closed properly, so it plays.
 - Failures reach the client as one sentence with no server path; the traceback goes to the log.
+- A job that asks for prompt enhancement gets its captions first (job_enhance.py); they replace the
+  request's prompts for the render and are written into the video's metadata.
 """
 
 from __future__ import annotations
@@ -24,17 +26,24 @@ MAX_ERROR_CHARS = 500
 
 
 def run_job(store, job: Job) -> None:
+    from .job_enhance import JobEnhanceError, enhanced_prompts
+
     logger.info("job %s started", job.id)
+    try:
+        enhanced = enhanced_prompts(store, job)  # before the render, in this thread (job_enhance.py)
+    except JobEnhanceError as err:
+        store.finish(job, JobState.FAILED, describe_error(err))
+        return
     resume_state = _load_resume_state(job)
     try:
-        _render(store, job, resume_state)
+        _render(store, job, resume_state, enhanced)
     except _ResumeRefused as refused:
         # The saved state belongs to another run (the model or its config changed between starts).
         logger.warning("job %s: its resume state cannot be used (%s); running it from the start", job.id,
                        refused.reason)
         job.resume_path.unlink(missing_ok=True)
         store.update(job, resumable_chunks=0, chunks_ready=0, progress=0.0, save=True)
-        _render(store, job, None)
+        _render(store, job, None, enhanced)
 
 
 class _ResumeRefused(Exception):
@@ -43,7 +52,7 @@ class _ResumeRefused(Exception):
         self.reason = reason
 
 
-def _render(store, job: Job, resume_state) -> None:
+def _render(store, job: Job, resume_state, enhanced=None) -> None:
     from magi1.io.video import VideoWriter, write_video
 
     from .live_jobs import live_job_of
@@ -52,6 +61,11 @@ def _render(store, job: Job, resume_state) -> None:
     live = live_job_of(store, job)  # someone watches it over WS /v1/realtime/video
     fps = int(getattr(pipeline, "fps", 24))
     kwargs = job.request.pipeline_kwargs()
+    metadata = None
+    if enhanced is not None:  # EnhancedPrompts: its captions replace the request's, and go into the mp4
+        kwargs["prompt"] = enhanced.prompt
+        kwargs["chunk_prompts"] = dict(enhanced.chunk_prompts) if enhanced.chunk_prompts else None
+        metadata = enhanced.video_metadata()
     if job.request.mode == "i2v":
         kwargs["image"] = str(job.input_path)
     elif job.request.mode == "v2v":
@@ -68,7 +82,8 @@ def _render(store, job: Job, resume_state) -> None:
     if resumed:
         logger.info("job %s resumes after chunk %d", job.id, resumed - 1)
 
-    writer = live.video_writer(job.video_path, fps) if live is not None else VideoWriter(job.video_path, fps=fps)
+    writer = live.video_writer(job.video_path, fps, metadata) if live is not None \
+        else VideoWriter(job.video_path, fps=fps, metadata=metadata)
     emitted = 0
     try:
         # The callback reads only dict events, so a pipeline reporting progress in another shape still runs.

@@ -31,8 +31,8 @@ class LiveVideoWriter(ChunkedMp4Writer):
     """ChunkedMp4Writer with the VideoWriter interface the job runner uses (append/close/abort),
     remembering the bytes of the last chunk appended."""
 
-    def __init__(self, path: str | Path, fps: float):
-        super().__init__(path, fps)
+    def __init__(self, path: str | Path, fps: float, metadata: dict[str, str] | None = None):
+        super().__init__(path, fps, metadata=metadata)
         self.last_fragment: bytes | None = None
         self.last_shape: tuple[int, ...] | None = None  # (T, H, W, 3) of the last chunk appended
 
@@ -56,8 +56,8 @@ class LiveJob:
         self.chunks_sent = 0
 
     # ------------------------------------------------------------------ the worker thread
-    def video_writer(self, path: Path, fps: float) -> LiveVideoWriter:
-        self._writer = LiveVideoWriter(path, fps)
+    def video_writer(self, path: Path, fps: float, metadata: dict[str, str] | None = None) -> LiveVideoWriter:
+        self._writer = LiveVideoWriter(path, fps, metadata)
         return self._writer
 
     def chunk_done(self, index: int, num_chunks: int) -> None:

@@ -4,7 +4,8 @@ The protocol (JSON text messages, plus one binary message per chunk; docs/servin
 
   client -> server
     {"type": "session.start", "prompt": ..., "size": "64x64", "seconds": 2 | "frames": 48, "seed": 7,
-     "num_inference_steps": 4, "chunk_prompts": {...}, "image": data URL (i2v), "video": data URL (v2v)}
+     "num_inference_steps": 4, "chunk_prompts": {...}, "image": data URL (i2v), "video": data URL (v2v),
+     "enhance": true, "story": ...}
     {"type": "session.interaction", "prompt": ..., "transition_chunks": 0}
     {"type": "session.stop"}
   server -> client
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 PATH = "/v1/realtime/video"
 SUBPROTOCOL = "magi1.realtime.v1"
 START_FIELDS = ("prompt", "model", "size", "seconds", "frames", "seed", "num_inference_steps", "chunk_prompts",
-                "negative_prompt", "image", "video", "keep_aspect")
+                "negative_prompt", "image", "video", "keep_aspect", "enhance", "story")
 START_TIMEOUT_S = 60.0       # a connection that never says what to make is closed
 WAKE_EVERY_S = 0.25          # how often the session looks at its job between wake-ups
 MAX_MESSAGE_CHARS = 100_000  # interactions and stops are small; session.start may carry an image
@@ -167,6 +168,7 @@ class RealtimeSession:
         num_chunks = math.ceil(request.num_frames / model.frames_per_chunk) if request.num_frames else None
         await self.send({"type": "video.start", "video_id": f"video_{self.job.id}", "job_id": self.job.id,
                          "status": "queued", "mode": request.mode, "prompt": request.prompt,
+                         "enhance": request.wants_enhancement,  # the captions come in each chunk's metadata
                          "num_chunks": num_chunks, "frames_per_chunk": model.frames_per_chunk, "fps": model.fps,
                          "width": request.width, "height": request.height, "seconds": prepared.meta["seconds"],
                          "content_url": f"/v1/videos/video_{self.job.id}/content"})

@@ -67,6 +67,16 @@ def settings_from_args(args, results_dir: Path, loopback: bool) -> ServerSetting
         raise InputError(str(err).replace("server setting ", "--")) from None
 
 
+def enhance_settings_from(args):
+    """The endpoint jobs with "enhance" use: --enhance_url / --enhance_model (or their environment variables),
+    the key only from MAGI1_ENHANCE_API_KEY; none: the fallback templates. A bad flag is EnhanceError (exit 2)."""
+    from magi1.prompting.cli import settings_from_args as enhance_settings_from_args
+
+    settings = enhance_settings_from_args(args)
+    logger.info("prompt enhancement: %s", settings.describe())
+    return settings
+
+
 def pipeline_factory_from(args, config):
     """The function the worker calls to load the model: --pipeline MODULE:CALLABLE, or MagiPipeline."""
     spec = getattr(args, "pipeline", None)
@@ -123,6 +133,7 @@ def main_serve(args) -> int:
         folder_lock = hold_results_folder(results_dir)
         logger.info("results go to %s and are removed when the server stops (--results_dir keeps them)", results_dir)
     config = load_config(args.config_file)
+    enhance_settings = enhance_settings_from(args)
     host = args.host
     loopback = is_loopback(host)
     settings = settings_from_args(args, results_dir, loopback)
@@ -137,7 +148,7 @@ def main_serve(args) -> int:
         logger.info("API keys: %d; every API route and the WebSocket need one", len(api_keys))
 
     app = create_app(factory, settings, config=config, model_id=f"magi1-{Path(str(args.config_file)).stem}",
-                     api_keys=api_keys)
+                     api_keys=api_keys, enhance_settings=enhance_settings)
     store = app.state.jobs
 
     class Server(uvicorn.Server):

@@ -115,10 +115,19 @@ def stitched_video(folder: Path, fps: int) -> Path:
         if not target.is_file():
             from magi1.io.video import VideoWriter
 
-            with VideoWriter(target, fps=fps) as writer:
+            # The continuation's tags (its enhanced captions, if any) are the whole video's.
+            with VideoWriter(target, fps=fps, metadata=container_tags(folder / "video.mp4")) as writer:
                 for name in (SOURCE_FILE, "video.mp4"):
                     writer.append(decode_all(folder / name))
     return target
+
+
+def container_tags(video: Path, names: tuple[str, ...] = ("description", "comment")) -> dict[str, str]:
+    """The tags of `video` a copy should keep (not the muxer's own, such as major_brand or encoder)."""
+    import av
+
+    with av.open(str(video)) as container:
+        return {k: v for k, v in container.metadata.items() if k in names}
 
 
 def thumbnail(video: Path) -> Path:

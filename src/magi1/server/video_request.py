@@ -1,7 +1,8 @@
 """A Videos API request (OpenAI's fields plus magi1's documented extras) checked against the loaded model.
 
 OpenAI fields: prompt, model, seconds, size ("WxH"), input_reference (an image: i2v) and, for an extension,
-video. magi1 extras: seed, num_inference_steps, chunk_prompts, negative_prompt, fps, keep_aspect. Anything
+video. magi1 extras: seed, num_inference_steps, chunk_prompts, negative_prompt, fps, keep_aspect, enhance,
+story (prompt enhancement in the job: job_enhance.py). Anything
 else is refused, naming the field. `seconds` and `size` are mapped with the model's own limits
 (ModelLimits), which GET /v1/models states: a video is made of whole chunks, so seconds round up to the
 next chunk, and a frame may hold at most as many pixels as the model's configured size.
@@ -14,8 +15,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .job_request import (BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _text, short_number,
-                          whole_number)
+from .job_request import (BadRequest, JobRequest, _bool, _chunk_prompts, _check_limits, _text, check_enhancement,
+                          short_number, story_field, whole_number)
 from .openai_errors import ApiError, invalid
 from .settings import ServerSettings
 
@@ -23,7 +24,8 @@ SIZE_PATTERN = re.compile(r"^ *([0-9]{1,5}) *[xX] *([0-9]{1,5}) *$", re.ASCII)
 # A positive decimal number in ASCII digits ("1", "2.5", ".5"); not "١", "²", "1_0", "1e3", "inf".
 SECONDS_PATTERN = re.compile(r"^ *([0-9]{1,6}(?:\.[0-9]{0,6})?|\.[0-9]{1,6}) *$", re.ASCII)
 SIZE_MULTIPLE = 16  # VAE stride 8 times the DiT's 2x2 patches
-EXTRA_FIELDS = ("seed", "num_inference_steps", "chunk_prompts", "negative_prompt", "fps", "keep_aspect")
+EXTRA_FIELDS = ("seed", "num_inference_steps", "chunk_prompts", "negative_prompt", "fps", "keep_aspect", "enhance",
+                "story")
 CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference", *EXTRA_FIELDS)
 EXTEND_FIELDS = ("prompt", "model", "seconds", "video", "size", *EXTRA_FIELDS)
 # How much of the video an extension conditions on: its last frames, as many as the official prefix_frame.
@@ -118,7 +120,12 @@ def parse_video_request(fields: Mapping[str, Any], limits: ModelLimits, settings
         prompt = _text(fields.get("prompt"), "prompt", settings)
     with field_errors("chunk_prompts"):
         chunk_prompts = _chunk_prompts(fields.get("chunk_prompts"), settings)
-    if not prompt and not (chunk_prompts and 0 in chunk_prompts):
+    with field_errors("enhance"):
+        enhance = _bool(fields.get("enhance"), "enhance") if "enhance" in fields else None
+    with field_errors("story"):
+        story = story_field(fields.get("story"), settings)
+        enhance = check_enhancement(enhance, story, prompt, chunk_prompts)
+    if not prompt and not (chunk_prompts and 0 in chunk_prompts) and story is None:
         raise invalid("a prompt is required", param="prompt", code="missing_required_parameter")
     with field_errors("negative_prompt"):
         negative_prompt = _text(fields.get("negative_prompt"), "negative_prompt", settings)
@@ -156,7 +163,7 @@ def parse_video_request(fields: Mapping[str, Any], limits: ModelLimits, settings
                       param={"steps": "num_inference_steps", "num_frames": "seconds"}.get(name, name)) from None
     mode = "t2v" if kind == "create" and upload_kind is None else ("i2v" if kind == "create" else "v2v")
     job = JobRequest(mode=mode, prompt=prompt, chunk_prompts=chunk_prompts, negative_prompt=negative_prompt,
-                     keep_aspect=keep_aspect, **ints)
+                     keep_aspect=keep_aspect, enhance=enhance, story=story, **ints)
     meta = {"model": model_id, "size": f"{width}x{height}", "seconds": seconds_text(chunks * limits.chunk_seconds),
             "extends": None, "stitched": False, "source_seconds": None}
     return VideoRequest(job=job, meta=meta)
