@@ -13,6 +13,7 @@ from magi1.config import MagiConfig
 from magi1.io.video import load_video
 from magi1.memory.offload import LayerStreamer, ResidencyCounter, resident_bytes
 from magi1.memory.planner import RunShape, plan_memory
+from magi1.memory.sizes import dit_weights
 from magi1.models.dit import MagiDiT
 from magi1.pipeline import MagiPipeline
 from magi1.sampling.sampler import sample_chunks
@@ -53,6 +54,9 @@ def test_block_offload_is_bit_identical_and_bounded_by_the_plan(k):
     assert counter.samples > 0
     assert counter.peak_bytes == plan.dit_resident  # exactly the planned k layers plus the rest of the DiT
     assert plan.dit_resident < plan.dit_total
+    # Between calls (while T5 or the VAE runs) the layers prefetched for the next call stay: 0 .. k-2.
+    weights = dit_weights(config, torch.float32)
+    assert resident_bytes(model) == weights.other_bytes + sum(weights.layer_bytes[: k - 1])
     streamer.remove()
     assert resident_bytes(model) == everything
     assert torch.equal(run_chunks(model, config), reference)
@@ -82,39 +86,69 @@ def test_kv_offload_keeps_rows_on_the_host_and_changes_nothing():
     assert made and made[0].offload_device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("mode", ["model", "blocks"])
-def test_pipeline_offload_modes_give_the_same_video(tiny_model, mode):
+@pytest.fixture(scope="module")
+def no_offload_frames(tiny_model):
+    """The reference: a freshly loaded pipeline, nothing offloaded, as the README's Python example runs."""
     pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
-    # Freshly loaded weights are views into the safetensors file; CPU GEMM kernels may pick another path
-    # for their alignment, so the reference runs on weights copied once, as offloading copies them.
-    for param in pipe.dit.parameters():
-        param.data = param.data.clone()
+    return pipe(prompt="a red ball", num_frames=48, seed=3, output_type="np").frames
+
+
+def test_loaded_weights_own_their_storage(tiny_model):
+    # Views into the mmap'd safetensors file are 8-byte aligned; the CPU GEMMs round differently for them
+    # than for the 64-byte aligned copies offload makes, so loading re-homes them (runtime.own_host_storage).
+    pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
+    for module in (pipe.dit, pipe.vae):
+        tensors = list(module.parameters()) + list(module.buffers())
+        assert all(t.untyped_storage().resizable() and t.data_ptr() % 64 == 0 for t in tensors)
+
+
+@pytest.mark.parametrize("mode", ["model", "blocks"])
+def test_pipeline_offload_modes_give_the_same_video(tiny_model, no_offload_frames, mode):
+    # A new pipeline per mode, loaded exactly as the no-offload one: nothing is copied by hand first.
+    pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
     kwargs = dict(prompt="a red ball", num_frames=48, seed=3, output_type="np")
-    reference = pipe(**kwargs).frames
     if mode == "model":
         pipe.enable_model_cpu_offload()
         assert resident_bytes(pipe.dit.videodit_blocks) == 0
     else:
         pipe.enable_block_offload(blocks_on_device=1)
+    assert resident_bytes(pipe.vae) == 0  # the VAE waits in host memory until it decodes
+
+    # What is on the compute side while each component runs (hooks registered after the offload's own).
+    seen = {"dit": [], "vae": []}
+    layers = pipe.dit.videodit_blocks
+    pipe.dit.register_forward_pre_hook(lambda *_: seen["dit"].append(resident_bytes(pipe.vae)))
+    pipe.vae.decoder.register_forward_pre_hook(lambda *_: seen["vae"].append(
+        (resident_bytes(pipe.vae), resident_bytes(layers))))
     out = pipe(**kwargs).frames
-    assert np.array_equal(out, reference)
-    if mode == "blocks":  # after the run: one layer was prefetched for the next call, the rest parked
+    assert np.array_equal(out, no_offload_frames)
+    assert seen["dit"] and set(seen["dit"]) == {0}  # the VAE is parked whenever the DiT runs
+    vae_bytes = sum(p.numel() * p.element_size() for p in pipe.vae.parameters())
+    assert seen["vae"] and all(vae == vae_bytes for vae, _ in seen["vae"])
+    if mode == "model":  # the DiT's layers are parked whenever the VAE decodes
+        assert all(dit == 0 for _, dit in seen["vae"])
+    else:  # after the run: k=1, so nothing was prefetched for the next call and every layer is parked
         assert resident_bytes(pipe.dit.videodit_blocks.layers[-1]) == 0
     pipe.enable_offload("none")
-    assert np.array_equal(pipe(**kwargs).frames, reference)
+    assert resident_bytes(pipe.vae) == vae_bytes
+    assert np.array_equal(pipe(**kwargs).frames, no_offload_frames)
+
+
+def generate_cli(config: str, out, *flags: str) -> str:
+    """`magi1 generate` as a user runs it; returns its stderr."""
+    run = subprocess.run([sys.executable, "-m", "magi1.cli", "generate", "--config_file", config,
+                          "--prompt", "a red ball", "--num_frames", "48", "--seed", "5", "--device", "cpu",
+                          "--output_path", str(out), "--quiet", *flags],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stderr
 
 
 def test_cli_block_offload_writes_the_same_video(tiny_model, tmp_path):
-    reference = tmp_path / "none.mp4"
-    pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
-    pipe.generate_to_file(reference, prompt="a red ball", num_frames=48, seed=5, progress=False)
-    out = tmp_path / "blocks.mp4"
-    run = subprocess.run([sys.executable, "-m", "magi1.cli", "generate", "--config_file", str(tiny_model),
-                          "--prompt", "a red ball", "--num_frames", "48", "--seed", "5", "--device", "cpu",
-                          "--offload", "blocks", "--blocks_on_device", "1", "--output_path", str(out), "--quiet"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "memory plan: offload blocks (k=1)" in run.stderr
+    reference, out = tmp_path / "none.mp4", tmp_path / "blocks.mp4"
+    generate_cli(str(tiny_model), reference, "--offload", "none")
+    err = generate_cli(str(tiny_model), out, "--offload", "blocks", "--blocks_on_device", "1")
+    assert "memory plan: offload blocks (k=1)" in err
     a, b = (load_video(path, 32, 32, 24, max_frames=None) for path in (reference, out))
     assert len(a) == len(b) == 48 and np.array_equal(a, b)
 

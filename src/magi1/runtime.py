@@ -221,6 +221,51 @@ def host_buffer(tensor):
     return out
 
 
+# The CPU allocator's alignment (c10's gAlignment): tensors torch allocates start on it.
+HOST_ALIGNMENT = 64
+
+
+def _borrows_memory(tensor) -> bool:
+    """True for a host tensor whose bytes torch did not allocate (a view into a memory-mapped file) or that
+    starts off the allocator's alignment. safetensors hands out such views, 8-byte aligned at best."""
+    storage = tensor.untyped_storage()
+    return not storage.resizable() or tensor.data_ptr() % HOST_ALIGNMENT != 0
+
+
+def own_host_storage(module):
+    """Re-home every host parameter and buffer of `module` that borrows its memory into storage torch owns.
+
+    Why: the CPU GEMM kernels choose their code path by the operands' alignment and the paths round
+    differently, so a model whose weights are views into the mmap'd checkpoint computes other bits than
+    the same weights once copied, and offloading copies them (host copies, device copies brought back).
+    Owning the storage from load on makes every mode compute with equally aligned weights, so offload
+    stays bit-identical to no offload. Device tensors are left alone (their copies are torch's); tied
+    tensors stay tied. Returns `module`.
+    """
+    import torch
+
+    replaced: dict[int, tuple] = {}  # id of a tensor seen -> (it, what its slots hold now): ties kept
+    for owner in module.modules():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in list(table.items()):
+                if tensor is None or tensor.device.type != "cpu" or tensor.is_meta:
+                    continue
+                if id(tensor) in replaced:
+                    table[name] = replaced[id(tensor)][1]
+                    continue
+                replaced[id(tensor)] = (tensor, tensor)
+                if not _borrows_memory(tensor):
+                    continue
+                fresh = torch.empty(tensor.shape, dtype=tensor.dtype)  # contiguous, allocator-aligned
+                fresh.copy_(tensor.detach())
+                if isinstance(tensor, torch.nn.Parameter):
+                    tensor.data = fresh  # the Parameter object (and any tie to it) stays
+                else:
+                    table[name] = fresh
+                    replaced[id(tensor)] = (tensor, fresh)
+    return module
+
+
 def distributed_backend_for(device) -> str:
     return "nccl" if is_accelerator(device) else "gloo"
 

@@ -451,7 +451,7 @@ def load_dit(
     """
     from ..models.dit import MagiDiT
     from ..models.rope import default_bands
-    from ..runtime import parse_dtype, pick_device
+    from ..runtime import own_host_storage, parse_dtype, pick_device
 
     model_config, engine = config.model_config, config.engine_config
     root = load_root if load_root is not None else config.resolve_path(config.runtime_config.load)
@@ -474,4 +474,6 @@ def load_dit(
         model, folder, strict=True, keep_layers=keep_layers,
         dtype=parse_dtype(dtype) if dtype is not None else None, defaults=bands,
     )
-    return model.to(pick_device(device)).eval()
+    # Tensors kept in host memory are views into the mmap'd shards until copied; own them, so the
+    # CPU kernels see the alignment an offloaded copy will have (runtime.own_host_storage).
+    return own_host_storage(model.to(pick_device(device))).eval()

@@ -1,8 +1,8 @@
 """Put a pipeline's weights where an offload mode says, and choose the mode for `--offload auto`.
 
 The plan comes from `planner`; this module obeys it: `enable_offload(pipe, "model" | "blocks")` parks the
-DiT's layers in host memory (`offload.HostCopies`) and hooks them so they come in to run; a T5 on the
-device leaves it after each encode. The VAE stays on the device.
+DiT's layers in host memory (`offload.HostCopies`) and hooks them so they come in to run; the VAE waits
+in host memory too and comes in to encode or decode; a T5 on the device leaves it after each encode.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def enable_offload(pipe, mode: str, *, blocks_on_device: int = DEFAULT_BLOCKS_ON
         swapper.add_module("dit", pipe.dit.videodit_blocks, called_as=pipe.dit)
     else:
         parts.append(LayerStreamer(pipe.dit.videodit_blocks.layers, compute, blocks_on_device))
+        # The streamer places the layers; a DiT call only sends the VAE back to host memory.
+        swapper.add_module("dit", pipe.dit.videodit_blocks, called_as=pipe.dit, park=False)
     pipe.dit.to(compute)  # what is left: everything but the parked layers (placeholders move for free)
-    if pipe.vae is not None:  # the VAE (1.2 GB in bf16) stays on the device; decoding parks the DiT's layers
-        swapper.add_module("vae", pipe.vae, methods=("encode", "decode", "posterior"), park=False)
+    if pipe.vae is not None:  # the VAE (1.2 GB in bf16) comes in to encode or decode; the DiT's layers leave
+        swapper.add_module("vae", pipe.vae, methods=("encode", "decode", "posterior"))
     _unload_text_encoder_after_use(pipe.text_encoder)
     pipe._offload_parts = parts
     pipe.offload_mode = mode

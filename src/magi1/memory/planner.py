@@ -7,8 +7,9 @@ the memory there is: it reads no weights and touches no device. `plan_memory` pr
 
 Placements (fastest first):
   none    every component on the device for the whole run
-  model   the DiT's layers on the device only while the DiT runs, a device T5 only while it encodes;
-          they wait in host memory otherwise (the VAE, the DiT's embedders and final layer stay)
+  model   the DiT's layers on the device only while the DiT runs, the VAE only while it encodes or
+          decodes, a device T5 only while it encodes; they wait in host memory otherwise (the DiT's
+          embedders and final layer stay)
   blocks  as model, and the DiT's transformer layers themselves wait in (pinned) host memory: at most k
           consecutive layers are on the device, the next ones copied in ahead of use
 `kv_offload` (the official configs set it) puts the KV cache rows in host memory in every mode; the
@@ -181,12 +182,17 @@ def plan_memory(config: MagiConfig, shape: RunShape | None = None, *, dtype: tor
 
     everything = offload == "none"
     t5_dev = t5 if t5_on_device else 0
+    # While another component runs, the DiT keeps its non-layer parts on the device (and, for blocks, the
+    # k - 1 layers its last layer prefetched for the next call: 0 .. k-2); offloaded, the VAE is there only
+    # while it encodes or decodes.
+    dit_idle = weights_.total if everything else weights_.other_bytes
+    if offload == "blocks":
+        dit_idle += sum(weights_.layer_bytes[: k - 1])
+    vae_idle = vae if everything else 0
     phases = {
-        "text": t5_dev + (weights_.total + vae if everything else 0),
-        "denoise": dit_resident + kv_device + activations + latents + vae + (t5_dev if everything else 0),
-        # The DiT's non-layer parts stay on the device (and, for blocks, the next call's prefetched layers).
-        "decode": vae + vae_act + kv_device + latents + (weights_.total + t5_dev if everything else
-                                                         dit_resident if offload == "blocks" else weights_.other_bytes),
+        "text": t5_dev + dit_idle + vae_idle,
+        "denoise": dit_resident + kv_device + activations + latents + vae_idle + (t5_dev if everything else 0),
+        "decode": vae + vae_act + kv_device + latents + dit_idle + (t5_dev if everything else 0),
     }
     peak_device = max(phases.values())
 
@@ -194,7 +200,7 @@ def plan_memory(config: MagiConfig, shape: RunShape | None = None, *, dtype: tor
     # with kv_offload, and a CPU-resident T5.
     host = 0 if t5_on_device and everything else t5
     if not everything:
-        host += weights_.total
+        host += weights_.total + vae
     if kv_offload:
         host += kv
     return MemoryPlan(offload, k, kv_offload, fp8, dit_resident, weights_.total, kv, activations, latents, vae,

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..checkpoint.layout import CheckpointError
 from ..ops.attention import attend
-from ..runtime import default_dtype_for, parse_dtype, pick_device
+from ..runtime import default_dtype_for, own_host_storage, parse_dtype, pick_device
 
 OFFICIAL_CLASS_NAME = "ViTVAE"
 CONFIG_NAME = "config.json"
@@ -520,6 +520,7 @@ class ViTVAE(nn.Module):
             model = cls(config)
         state = read_vae_weights(weights, model, dtype=target_dtype, device=target_device)
         model.load_state_dict(state, strict=True, assign=True)
+        own_host_storage(model)  # not views into the mmap'd file: offload's copies compute the same bits
         return model.eval().requires_grad_(False)
 
 
