@@ -7,6 +7,7 @@ from magi1.ops.fp8 import (
     FP8_DTYPE,
     Fp8PerChannelLinear,
     Fp8PerTensorLinear,
+    fp8_gemm_path,
     fp8_matmul,
     quantize_activation,
     quantize_linear_weight,
@@ -111,3 +112,63 @@ def test_state_dict_names_shapes_and_dtypes():
 def test_wrong_input_width_is_an_error():
     with pytest.raises(ValueError, match="last dim 16"):
         Fp8PerTensorLinear(16, 8)(torch.zeros(2, 15))
+
+
+@pytest.mark.parametrize("capability, dims, expected", [
+    ((8, 9), (64, 32), "scaled_mm"),   # Ada: native fp8 GEMM
+    ((9, 0), (64, 32), "scaled_mm"),   # Hopper
+    ((12, 0), (64, 32), "scaled_mm"),  # Blackwell
+    ((8, 9), (64, 24), "bf16"),        # fp8 hardware, but cuBLASLt wants multiples of 16
+    ((8, 6), (64, 32), "bf16"),        # RTX 3090 / A10: no fp8 tensor cores
+    ((8, 0), (64, 32), "bf16"),        # A100
+    ((7, 5), (64, 32), "bf16"),        # T4
+])
+def test_gemm_path_follows_the_devices_fp8_support(monkeypatch, capability, dims, expected):
+    # The capability is mocked: no GPU needed to check the decision itself.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert fp8_gemm_path(torch.device("cuda", 0), *dims) == expected
+    assert fp8_gemm_path(torch.device("cpu"), *dims) == "float32"
+
+
+def test_a_native_gemm_that_failed_once_is_not_tried_again(monkeypatch):
+    import magi1.ops.fp8 as fp8
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fp8, "_scaled_mm_broken", True)
+    assert fp8_gemm_path("cuda", 64, 32) == "bf16"
+
+
+def dequantized_reference(x, layer, absolute=False):
+    """The fp32 reference the fallbacks are held to: activation and weight quantised, then dequantised
+    (e4m3 value times its scale) and multiplied in float32. absolute: the same sum of |terms|."""
+    divide_by = layer.smooth_scale if isinstance(layer, Fp8PerChannelLinear) else layer.input_scale
+    xq = quantize_activation(x, divide_by)
+    x_deq = xq.float() * layer.input_scale.float()[:1]
+    w_deq = layer.weight[0].float() * layer.weight_scale.float()
+    return x_deq.abs() @ w_deq.abs().t() if absolute else x_deq @ w_deq.t()
+
+
+@pytest.mark.parametrize("kind", [Fp8PerTensorLinear, Fp8PerChannelLinear])
+def test_fallback_paths_stay_within_the_reference_tolerance(kind):
+    # The native path (torch._scaled_mm) needs an SM 8.9+ GPU, so on the CPU both fallbacks are held to
+    # the dequantised float32 reference instead: the float32 emulation within one bf16 unit (the native
+    # GEMM's own rounding), the bf16 GEMM of a GPU without fp8 within two (it rounds once more).
+    gen = torch.Generator().manual_seed(4)
+    layer = random_fp8_layer(kind(96, 48), gen)
+    if kind is Fp8PerChannelLinear:
+        layer.smooth_scale.data = torch.rand(1, 96, generator=gen) * 0.05 + 0.01
+    else:
+        layer.input_scale.data = torch.full((96,), 0.02)
+    x = torch.randn(33, 96, generator=gen)
+    reference = dequantized_reference(x, layer)
+    scale = layer.smooth_scale if kind is Fp8PerChannelLinear else layer.input_scale
+    xq = quantize_activation(x, scale)
+    # Where the sum cancels, float32 rounding of the terms (2^-24 each) is all the reference knows.
+    noise = 2**-20 * (dequantized_reference(x, layer, absolute=True))
+    for path, units in (("float32", 1), ("bf16", 2)):
+        out = fp8_matmul(xq, layer.weight[0], layer.input_scale, layer.weight_scale, path=path)
+        assert out.dtype == torch.bfloat16
+        error = (out.float() - reference).abs()
+        assert torch.all(error <= units * 2**-7 * reference.abs() + noise), (path, (error - units * 2**-7 * reference.abs()).max())
+    assert torch.equal(layer(x), fp8_matmul(xq, layer.weight[0], layer.input_scale, layer.weight_scale,
+                                            path="float32"))  # what the CPU runs

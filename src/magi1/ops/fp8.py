@@ -9,8 +9,13 @@ Per-tensor (q, qx, k, v, fc1): `s` is `input_scale`, a per-input-channel vector,
 dequantizes (the official GEMM takes scalar scale pointers). Per-channel (linear_proj, fc2): `s` is the
 SmoothQuant-style `smooth_scale` (1, in), and `input_scale` is a scalar.
 
-The GEMM runs on `torch._scaled_mm` where the device has FP8 tensor cores; elsewhere an emulation does
-the same arithmetic: fp8 values are exact in float32, so only the accumulation order differs.
+Where the GEMM runs (`fp8_gemm_path`): the weight stays in e4m3 storage everywhere; only the compute differs.
+
+    "scaled_mm"  CUDA with FP8 tensor cores (SM 8.9+: Ada, Hopper, Blackwell): `torch._scaled_mm`, native
+    "bf16"       any other CUDA GPU: the e4m3 operands widened to bf16 one layer at a time (exactly: e4m3
+                 values are bf16 values), a bf16 GEMM with float32 accumulation, then the scales
+    "float32"    the CPU (and a forced emulation): widened to float32 block by block, a float32 GEMM; the
+                 same products as the native path, so only the accumulation order differs (the reference)
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ _FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and later have FP8 GEMMs
 _SCALED_MM_ALIGN = 16  # _scaled_mm wants every GEMM dimension a multiple of 16
 _EMULATION_BLOCK_ROWS = 4096  # weight rows widened to float32 at a time, to bound memory
 
-_scaled_mm_broken = False  # set once if the fast path fails at runtime; we then stay on emulation
+_scaled_mm_broken = False  # set once if the native GEMM fails at run time; the bf16 path takes over
 
 
 def quantize_activation(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -51,12 +56,28 @@ def quantize_linear_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return wq.unsqueeze(0), scale.reshape(1).float()
 
 
-def _scaled_mm_usable(xq: torch.Tensor, wq: torch.Tensor) -> bool:
-    if _scaled_mm_broken or not is_accelerator(xq.device):
-        return False
-    if torch.cuda.get_device_capability(xq.device) < _FP8_MIN_CAPABILITY:
-        return False
-    return wq.shape[0] % _SCALED_MM_ALIGN == 0 and wq.shape[1] % _SCALED_MM_ALIGN == 0
+FP8_GEMM_PATHS = ("scaled_mm", "bf16", "float32")
+
+
+def has_native_fp8(device) -> bool:
+    """True where the device's tensor cores multiply fp8 (CUDA compute capability 8.9 and later)."""
+    device = torch.device(device)
+    return is_accelerator(device) and tuple(torch.cuda.get_device_capability(device)) >= _FP8_MIN_CAPABILITY
+
+
+def fp8_gemm_path(device, out_features: int, in_features: int) -> str:
+    """Which of FP8_GEMM_PATHS an (out, in) e4m3 linear runs on `device` (see the module docstring).
+
+    The native GEMM also needs both dimensions a multiple of 16 (cuBLASLt); it is left for good, with a
+    warning, the first time it fails at run time.
+    """
+    device = torch.device(device)
+    if not is_accelerator(device):
+        return "float32"
+    aligned = out_features % _SCALED_MM_ALIGN == 0 and in_features % _SCALED_MM_ALIGN == 0
+    if has_native_fp8(device) and aligned and not _scaled_mm_broken:
+        return "scaled_mm"
+    return "bf16"
 
 
 def _emulated_fp8_matmul(xq: torch.Tensor, wq: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -68,17 +89,32 @@ def _emulated_fp8_matmul(xq: torch.Tensor, wq: torch.Tensor, alpha: torch.Tensor
     return (out * alpha).to(torch.bfloat16)
 
 
+def _dequantized_bf16_matmul(xq: torch.Tensor, wq: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    # (M, in) and (out, in) e4m3 -> bf16 exactly; the GEMM accumulates in float32 and rounds to bf16, and
+    # the scales round once more (at most one bf16 unit from the native result).
+    out = xq.to(torch.bfloat16) @ wq.to(torch.bfloat16).t()
+    return (out.float() * alpha).to(torch.bfloat16)
+
+
 def fp8_matmul(
-    xq: torch.Tensor, wq: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, *, emulate: bool | None = None
+    xq: torch.Tensor, wq: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, *, emulate: bool | None = None,
+    path: str | None = None,
 ) -> torch.Tensor:
     """bf16((xq @ wq^T) * scale_a * scale_b) for xq (M, in), wq (out, in) e4m3 and one-element fp32 scales.
 
-    emulate: None picks `torch._scaled_mm` when usable; True forces the float32 emulation.
+    path: one of FP8_GEMM_PATHS; None picks `fp8_gemm_path` for xq's device. emulate=True is path="float32".
     """
     global _scaled_mm_broken
     scale_a = scale_a.float().reshape(-1)[:1]
     scale_b = scale_b.float().reshape(-1)[:1]
-    if not emulate and _scaled_mm_usable(xq, wq):
+    if emulate:
+        path = "float32"
+    path = path or fp8_gemm_path(xq.device, wq.shape[0], wq.shape[1])
+    if path not in FP8_GEMM_PATHS:
+        raise ValueError(f"path must be one of {', '.join(FP8_GEMM_PATHS)}, got {path!r}")
+    if path == "bf16":
+        return _dequantized_bf16_matmul(xq, wq, scale_a * scale_b)
+    if path == "scaled_mm":
         rows = xq.shape[0]
         pad = -rows % _SCALED_MM_ALIGN
         a = torch.cat([xq, xq.new_zeros(pad, xq.shape[1])]) if pad else xq
@@ -88,7 +124,9 @@ def fp8_matmul(
             return out[:rows]
         except RuntimeError as err:
             _scaled_mm_broken = True
-            warnings.warn(f"torch._scaled_mm failed ({err}); using the exact FP8 emulation from now on")
+            warnings.warn(f"torch._scaled_mm failed ({err}); fp8 linears run as bf16 GEMMs of the widened "
+                          f"values from now on")
+            return _dequantized_bf16_matmul(xq, wq, scale_a * scale_b)
     # cuBLAS forms alpha = scale_a * scale_b in float32 and scales the float32 accumulator by it.
     return _emulated_fp8_matmul(xq, wq, scale_a * scale_b)
 
