@@ -284,7 +284,7 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     done = _run_magi1(*train, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not used: " in done.stdout and "stray.txt: caption with no video or image" in done.stdout
-    assert "memory plan (estimate, device)" in done.stdout and "3 encoded" in done.stdout
+    assert "training memory plan (estimate, cpu)" in done.stdout and "3 encoded" in done.stdout
     assert "LoRA written to" in done.stdout
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert [r.split(",")[0] for r in (out / "loss.csv").read_text().split()[1:]] == ["1", "2", "3", "4"]

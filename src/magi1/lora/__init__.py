@@ -6,7 +6,8 @@
     cache.py         VAE latents and T5 embeddings computed once, kept on disk, reused
     trainer.py       the MAGI-1 objective on cached data (LoRA or full fine-tuning), resumable
     samples.py       sample videos during training, the loss curve PNG
-    memory_plan.py   the memory a training run needs, printed before it starts
     pipeline_api.py  `pipe.load_lora(...)`, `set_lora_scale`, `fuse_lora`, `unload_lora`
     cli.py           `magi1 train lora`
+
+The memory a run needs (printed before it starts, and by `magi1 plan --train lora`) is memory/training.py.
 """

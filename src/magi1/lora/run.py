@@ -120,8 +120,8 @@ class LoraRun:
         return planned, layout
 
     def print_memory_plan(self, planned) -> None:
-        from .adapters import resolve_targets
-        from .memory_plan import training_memory_plan
+        from ..memory.training import TrainShape, plan_training
+        from ..runtime import is_accelerator
 
         widest = max(planned, key=lambda p: p.bucket.height * p.bucket.width * (p.segment.chunks if p.segment else 1))
         chunks = min(self.max_chunks, widest.segment.chunks if widest.segment else 1)
@@ -129,13 +129,14 @@ class LoraRun:
         tokens = (widest.bucket.height // 8 // m.patch_size) * (widest.bucket.width // 8 // m.patch_size)
         per_sample = chunks * self.config.runtime_config.chunk_width * tokens
         batch = max(1, self.args.tokens_per_step // per_sample) if self.args.tokens_per_step else 1
-        compute = self.autocast_dtype or self.base_dtype
-        plan = training_memory_plan(self.config, height=widest.bucket.height, width=widest.bucket.width,
-                                    chunks=chunks, batch=batch, base_dtype=self.base_dtype, compute_dtype=compute,
-                                    full=self.full, rank=self.args.rank, targets=resolve_targets(self.args.target_modules),
-                                    checkpointing=not self.args.no_gradient_checkpointing)
-        _say(plan.format())
-        precision = f"bf16 autocast" if self.autocast_dtype is not None else "no autocast"
+        shape = TrainShape(widest.bucket.height, widest.bucket.width, chunks, batch)
+        plan = plan_training(self.config, shape, mode="full" if self.full else "lora", rank=self.args.rank,
+                             targets=self.args.target_modules, weight_dtype=self.base_dtype,
+                             compute_dtype=self.autocast_dtype or self.base_dtype,
+                             checkpointing=not self.args.no_gradient_checkpointing,
+                             accelerator=is_accelerator(self.device))
+        _say(plan.format(f"training memory plan (estimate, {self.device})"))
+        precision = "bf16 autocast" if self.autocast_dtype is not None else "no autocast"
         _say(f"device {self.device}, base weights {str(self.base_dtype)[6:]}, {precision}")
 
     def build_cache(self, planned, captions, layout):

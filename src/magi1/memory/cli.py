@@ -1,4 +1,5 @@
-"""`magi1 plan`: the memory table of every offload mode for a config, without loading anything.
+"""`magi1 plan`: the memory table of every offload mode for a config, without loading anything; with
+`--train lora|full`, the memory one training step needs instead (memory/training.py).
 
 Also the `--offload` / `--blocks_on_device` / `--weights` options of `magi1 generate`, and the plan it
 prints (and refuses with) before any weights load.
@@ -7,7 +8,7 @@ prints (and refuses with) before any weights load.
 from __future__ import annotations
 
 from ..errors import InputError
-from .modes import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, WEIGHT_FORMATS
+from .modes import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, TRAIN_MODES, WEIGHT_FORMATS
 
 TABLE_COLUMNS = ("mode", "DiT weights on device", "KV cache", "activations", "peak device", "peak host")
 
@@ -34,6 +35,13 @@ def add_plan_parser(subparsers) -> None:
     p.add_argument("--blocks_on_device", type=int, action="append", default=None, metavar="K",
                    help=f"block-offload rows to show (repeatable; default 1 and {DEFAULT_BLOCKS_ON_DEVICE})")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    t = p.add_argument_group("training (`magi1 train lora`)")
+    t.add_argument("--train", choices=TRAIN_MODES, default=None,
+                   help="plan one training step instead of a generation: LoRA adapters or full fine-tuning")
+    t.add_argument("--lora_rank", type=int, default=16)
+    t.add_argument("--lora_targets", default="attn,mlp", help="adapter targets, as `magi1 train lora --target_modules`")
+    t.add_argument("--chunks", type=int, default=None, help="chunks per training clip (default window_size + 1)")
+    t.add_argument("--no_gradient_checkpointing", action="store_true")
     p.set_defaults(func=run_plan)
 
 
@@ -91,6 +99,8 @@ def run_plan(args) -> int:
         free_host = parse_memory(args.host_memory) if args.host_memory else None
     except (ConfigError, ValueError) as err:
         raise InputError(str(err)) from None
+    if args.train:
+        return run_train_plan(args, config, dtype, free_device)
     shape = RunShape.from_config(config, height=args.height, width=args.width, num_frames=args.num_frames,
                                  window_size=args.window_size, batch=args.batch)
     check_shape(config, shape)
@@ -128,3 +138,29 @@ def check_shape(config, shape: RunShape) -> None:
         raise InputError(f"window_size must divide num_steps ({r.num_steps}), got {shape.window_size}")
     if shape.batch <= 0:
         raise InputError(f"batch must be positive, got {shape.batch}")
+
+
+def run_train_plan(args, config, dtype, free_device: int | None) -> int:
+    """`magi1 plan --train lora|full`: the chosen step's rows, then the other settings' totals beside it."""
+    from .planner import format_bytes
+    from .training import TrainShape, plan_training
+
+    shape = TrainShape.from_config(config, height=args.height, width=args.width, chunks=args.chunks,
+                                   batch=args.batch)
+    kwargs = dict(rank=args.lora_rank, targets=args.lora_targets, weight_dtype=dtype, compute_dtype=dtype)
+    checkpointing = not args.no_gradient_checkpointing
+    plan = plan_training(config, shape, mode=args.train, checkpointing=checkpointing, **kwargs)
+    print(f"{args.config_file}: train {args.train}"
+          + (f" rank {args.lora_rank} on {args.lora_targets}" if args.train == "lora" else "")
+          + f", {'with' if checkpointing else 'without'} gradient checkpointing")
+    print(plan.format())
+    print("other settings, same clips:")
+    for mode in TRAIN_MODES:
+        for ck in (True, False):
+            if (mode, ck) != (args.train, checkpointing):
+                other = plan_training(config, shape, mode=mode, checkpointing=ck, **kwargs)
+                print(f"  {mode:<4} {'with' if ck else 'without'} checkpointing: {format_bytes(other.peak_bytes)}")
+    if free_device is not None:
+        verdict = "fits" if plan.peak_bytes <= free_device else "does not fit"
+        print(f"{verdict} in {format_bytes(free_device)} of device memory")
+    return 0
