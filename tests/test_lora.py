@@ -327,3 +327,17 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     error = capsys.readouterr().err
     assert "was made for a DiT with 2 layers of width 64, MLP 96 (another model)" in error
     assert not (tmp_path / "never.mp4").exists()
+
+
+def test_hue_fraction_counts_the_new_colour_and_none_of_the_demo_palette():
+    from magi1.lora.synthetic_concept import NEW_COLOURS, concept_clip, hue_fraction
+    from magi1.train.synthetic import BACKGROUNDS, COLOURS
+
+    for name, rgb in COLOURS.items():
+        assert hue_fraction(np.array([[rgb]], np.uint8), "cyan") == 0.0, name
+        assert hue_fraction(np.array([[rgb]], np.uint8), name) == 1.0
+    assert all(hue_fraction(np.array([[bg]], np.uint8), "cyan") == 0.0 for bg in BACKGROUNDS)
+    lighter = tuple(int(c + (255 - c) * 0.35) for c in NEW_COLOURS["cyan"])  # blurred toward a light background
+    assert hue_fraction(np.array([[lighter]], np.uint8), "cyan") == 1.0
+    frames, caption = concept_clip(500_000)
+    assert "cyan" in caption and 0.0 < hue_fraction(frames, "cyan") < 0.5

@@ -5,7 +5,9 @@ one object repainted in a colour outside that set (cyan by default), captioned b
 LoRA has to learn just the new word's look. Written in the musubi-tuner / diffusion-pipe layout:
 `clip_0000.mp4` + `clip_0000.txt`, ...
 
-`colour_fraction` is the pixel statistic that tells whether a video shows the colour.
+`hue_fraction` is the pixel statistic that tells whether a video shows the colour: the share of saturated
+pixels of its hue. `colour_fraction` (RGB distance to the exact colour) is stricter: a small model's blurry,
+lighter rendering of a colour has the hue but not the RGB values.
 """
 
 from __future__ import annotations
@@ -65,3 +67,32 @@ def colour_fraction(frames: np.ndarray, colour: str = "cyan", tolerance: float =
     target = np.asarray(NEW_COLOURS.get(colour, COLOURS.get(colour)), np.float32)
     distance = np.linalg.norm(frames.astype(np.float32) - target, axis=-1)
     return float((distance < tolerance).mean())
+
+
+def _hue_degrees(rgb: tuple[int, int, int]) -> float:
+    import colorsys
+
+    return 360.0 * colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
+
+
+def hue_fraction(frames: np.ndarray, colour: str = "cyan", *, window: float = 15.0, min_saturation: float = 0.3,
+                 min_value: float = 0.3) -> float:
+    """Share of pixels whose hue is within `window` degrees of `colour`'s, saturated and bright enough to
+    have a hue at all (the grey backgrounds have none): frames uint8 (..., 3).
+
+    The window is narrower than the gaps between the demo palette's hues (cyan 183 deg, blue 224, green 127),
+    so the demo's own colours do not count for the new one.
+    """
+    rgb = frames.astype(np.float32) / 255.0
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    span = high - low
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.where(span > 0, span, 1.0)
+    # the HSV hue sextant formula, vectorised: which channel is largest decides the offset
+    hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = 60.0 * hue
+    saturation = np.where(high > 0, span / np.where(high > 0, high, 1.0), 0.0)
+    target = _hue_degrees(NEW_COLOURS.get(colour, COLOURS.get(colour)))
+    distance = np.abs((hue - target + 180.0) % 360.0 - 180.0)
+    hit = (distance <= window) & (saturation >= min_saturation) & (high >= min_value)
+    return float(hit.mean())
