@@ -43,6 +43,51 @@ def train(args, data: Path, lora: Path) -> float:
     return time.perf_counter() - started
 
 
+def fixed_batch_losses(data: Path, lora: Path, batches: int) -> tuple[float, float]:
+    """The objective's loss on the training clips with the LoRA at scale 0 and 1, on the same `batches` draws
+    of chunks, tasks, noise levels and noise (the training curve's steps each draw their own, so it is noisy).
+
+    The run's own stages read its cache (hits only: no VAE or T5 loads) and build its batches."""
+    import json
+
+    import torch
+
+    from magi1.checkpoint.loader import load_dit
+    from magi1.lora.adapters import attach_lora, read_lora, set_scale
+    from magi1.lora.cli import add_lora_parser, validate_args
+    from magi1.lora.run import LoraRun
+    from magi1.train.dit_trainer import dit_velocity
+    from magi1.train.loop import step_generator
+    from magi1.train.losses import masked_mse
+
+    saved = json.loads((lora / "train_args.json").read_text())
+    parser = argparse.ArgumentParser()
+    add_lora_parser(parser.add_subparsers(dest="what"))
+    args = parser.parse_args(["lora", "--data", str(data), "--out", str(lora), "--quiet"])
+    for key, value in saved.items():
+        if key != "data":
+            setattr(args, key, value)
+    config = validate_args(args)
+    run = LoraRun(args, config, lora)
+    planned, layout = run.plan(run.scan())
+    captions = [p.item.caption for p in planned]
+    run.build_cache(planned, captions, layout)
+    model = load_dit(config, device="cpu", dtype=torch.float32)
+    attach_lora(model, read_lora(lora), "concept")
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)  # the trainer wants something to train; nothing steps here
+    trainer, _ = run.make_trainer(model, planned, captions, captions[:1])
+    losses = {0.0: [], 1.0: []}
+    with torch.no_grad():
+        for index in range(batches):
+            batch = trainer.make_batch(step_generator(10_000, index))
+            for scale in losses:
+                set_scale(model, "concept", scale)
+                prediction = dit_velocity(model, batch)
+                losses[scale].append(float(masked_mse(prediction.float(), batch.target.float(), batch.frame_weight)))
+    return float(np.mean(losses[0.0])), float(np.mean(losses[1.0]))
+
+
 def contact_sheet(videos: list[np.ndarray], path: Path, frames=(0, 12, 24, 36, 47)) -> None:
     """One row per video, the chosen frames side by side, 2x nearest-neighbour scaled."""
     from PIL import Image
@@ -62,6 +107,7 @@ def main() -> int:
     parser.add_argument("--tokens_per_step", type=int, default=1152)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--gen_steps", type=int, default=16)
+    parser.add_argument("--eval_batches", type=int, default=64, help="fixed batches for the base-vs-LoRA loss")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_checkpointing", action="store_true")
     args = parser.parse_args()
@@ -110,6 +156,9 @@ def main() -> int:
     first = np.mean([r["loss"] for r in rows[:20]])
     last = np.mean([r["loss"] for r in rows[-20:]])
     print(f"\nloss: mean of the first 20 steps {first:.4f}, of the last 20 steps {last:.4f} ({len(rows)} steps)")
+    base_loss, lora_loss = fixed_batch_losses(data, lora, args.eval_batches)
+    print(f"loss on the training clips, the same {args.eval_batches} batches: LoRA scale 0 (base) {base_loss:.4f}, "
+          f"scale 1 {lora_loss:.4f}")
     if seconds is not None:
         print(f"training (scan, cache, {args.steps} steps, one sample) took {seconds / 60:.1f} min, "
               f"{os.cpu_count()} CPUs on this machine")
