@@ -155,12 +155,13 @@ def save_section(title: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
-def run_isolated(args: list[str], timeout: float | None = None) -> dict:
+def run_isolated(args: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
     """Run `python <args>` in a fresh process that prints one JSON object as its last stdout line.
 
-    Peak RSS is per process, so each size of a memory benchmark runs in its own process.
+    Peak RSS is per process, so each size of a memory benchmark runs in its own process. env: the
+    process's environment (default: this one's).
     """
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")] if p)
     done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode:

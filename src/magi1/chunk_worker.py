@@ -29,8 +29,10 @@ _STOP = object()
 class ChunkWorker:
     """`with ChunkWorker(handle) as worker: worker.submit(item)`: handle(item) runs in order on one thread."""
 
-    def __init__(self, handle: Callable[[Any], None], *, depth: int = 1, device=None, name: str = "magi1-chunks"):
+    def __init__(self, handle: Callable[[Any], None], *, depth: int = 1, device=None, name: str = "magi1-chunks",
+                 on_start: Callable[[], None] | None = None):
         self._handle = handle
+        self._on_start = on_start  # runs first on the worker thread (thread-local settings: torch threads)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._failed = False  # stays set once the worker failed: later chunks are drained, never handled
@@ -47,7 +49,17 @@ class ChunkWorker:
         self.close(raise_errors=exc_type is None)
         return False
 
+    @property
+    def failed(self) -> bool:
+        """Whether a handled chunk raised (the chunks after it were dropped)."""
+        return self._failed
+
     def _run(self) -> None:
+        if self._on_start is not None:
+            try:
+                self._on_start()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the submitting thread
+                self._error, self._failed = err, True
         with side_stream(self._device):
             while True:
                 item = self._queue.get()

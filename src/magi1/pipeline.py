@@ -325,7 +325,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         interrupt(): asked before every step; when true the run ends quietly after the chunks finished so far
         (should_stop() instead raises GenerationCancelled at once).
         """
-        from .parallel import is_output_rank, parallel_decode_chunk
+        from .parallel import is_output_rank
         from .sampling.chunk_plan import plan_forward_steps
         from .sampling.sampler import batch_noise, chunk_counts, emitted_frames, sample_chunks
         from .preview import window_clean_estimate
@@ -422,8 +422,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
             if output_type != "latent":  # one video at a time: each decodes exactly as its single run does
-                frames = [parallel_decode_chunk(self.vae, chunk_latents[b : b + 1], self.parallel, fps=r.fps,
-                                                out_device="cpu").numpy() for b in range(batch)]
+                frames = [self.decode_chunk_frames(chunk_latents[b : b + 1], fps=r.fps) for b in range(batch)]
             if callback is not None:
                 callback({"type": "chunk", "index": index, "num_chunks": num_generated})
             yield BatchChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
@@ -438,6 +437,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         next to the output, so `resume=True` continues a killed run exactly where it stopped. `metadata`: the
         mp4's container tags (e.g. the captions of an enhanced run).
         """
+        from .chunk_output import ChunkSink, overlap_for
         from .io.chunked_mp4 import ChunkedMp4Writer
         from .parallel import is_output_rank
 
@@ -454,22 +454,34 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                 raise InputError(f"nothing to resume: no saved state {state_file} for {path}")
             resume_state = ResumeState.load(state_file)
         start = time.perf_counter()
-        first = None
-        frames_written = num_chunks = 0
-        # One fragment per chunk, on disk as soon as the chunk is clean; replayed chunks re-encode to the same bytes.
+        if self.vae is None:
+            check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
+        choice = overlap_for(self)
+        replays = resume_state.finished_chunks if resume_state is not None else 0
+        # One fragment per chunk, on disk as soon as the chunk is decoded; replayed chunks re-encode to the same
+        # bytes. The sink decodes and writes chunk k (on its worker thread when overlapping) while the sampler
+        # goes on with chunk k + 1.
         writer = ChunkedMp4Writer(path, fps=self.fps, metadata=dict(metadata or {}))
-        with writer:
-            for chunk in self.stream(progress=progress, resume_state=resume_state,
-                                     on_state=lambda state: state.save(state_file), **kwargs):
-                writer.append_chunk(chunk.frames)
-                frames_written += len(chunk.frames)
-                num_chunks += 1
-                if first is None:
-                    first = time.perf_counter() - start
-                    logger.info("first chunk ready after %.1fs", first)
+        sink = ChunkSink(lambda latents: self.decode_chunk_frames(latents, fps=self.fps), writer,
+                         lambda state: state.save(state_file), choice=choice, device=self.vae_device, start=start)
+        with writer, sink:
+            for chunk in self.stream(progress=progress, resume_state=resume_state, on_state=sink.state_ready,
+                                     output_type="latent", **kwargs):
+                sink.put(chunk.latents, replayed=chunk.index < replays)
         state_file.unlink(missing_ok=True)
-        resumed = resume_state.finished_chunks if resume_state is not None else 0
-        return GenerationReport(str(path), frames_written, num_chunks, time.perf_counter() - start, first, resumed)
+        return GenerationReport(str(path), sink.frames_written, sink.chunks_written, time.perf_counter() - start,
+                                sink.seconds_to_first_chunk, replays)
+
+    def decode_chunk_frames(self, latents: torch.Tensor, *, fps: int) -> np.ndarray:
+        """One video's chunk latents (1, 16, t, h, w) -> uint8 frames (T, H, W, 3) on the CPU (with the VAE's
+        tiles spread over the ranks under torchrun)."""
+        from .parallel import parallel_decode_chunk
+
+        return parallel_decode_chunk(self.vae, latents, self.parallel, fps=fps, out_device="cpu").numpy()
+
+    @property
+    def vae_device(self) -> torch.device | None:
+        return None if self.vae is None else self.vae.device
 
     # ------------------------------------------------------------------ helpers
     def _chunk_captions(self, prompt, chunk_prompts, prompt_embeds, prompt_attention_mask, num_generated):
