@@ -147,3 +147,46 @@ def test_page_plays_a_t2v_job_on_the_fake_pipeline(tmp_path):
 def test_page_plays_a_t2v_job_on_the_demo_model(tmp_path):
     factory = demo_pipeline_factory(tmp_path)
     drive_page(tmp_path, factory, ARTIFACTS / "serve-page.png", play_timeout_s=90)
+
+
+def test_page_enhance_checkbox_shows_the_models_caption_with_the_result(tmp_path):
+    """Issue 17: the "Enhance prompt" box sends `enhance`, and the page shows the caption the video was made from."""
+    from playwright.sync_api import sync_playwright
+
+    from fake_openai import FakeOpenAI
+    from magi1.prompting import EnhanceSettings
+
+    executable = chromium_path()
+    pipeline = FakePipeline(step_delay=0.01)
+    with FakeOpenAI(model="tiny-llm") as model:
+        enhance = EnhanceSettings(url=model.url, model="tiny-llm", timeout_s=10)
+        settings = ServerSettings(results_dir=tmp_path / "results", allowed_hosts=LOOPBACK_HOSTS)
+        app = create_app(lambda: pipeline, settings, enhance_settings=enhance)
+        with serve_in_background(app) as base_url, sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = context.new_page()
+                console_errors: list[str] = []
+                page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+                page.goto(base_url + "/")
+                page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
+                                       timeout=10_000)
+                assert "model tiny-llm" in page.text_content("#enhancer-name")
+                page.fill("#prompt", "a red ball")
+                page.uncheck("#live")
+                page.check("#enhance")
+                page.click("#submit")
+                page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
+                                       timeout=20_000)
+                page.wait_for_function("() => !document.getElementById('enhanced-box').hidden", timeout=5_000)
+                shown = page.text_content("#enhanced-prompt")
+                assert shown.startswith("A red ball rests on a grey floor. The red ball bounces twice.")
+                assert "(model tiny-llm)" in page.text_content("#enhanced-by")
+                assert pipeline.calls[-1]["prompt"] == shown  # the video was made from what the page shows
+                assert len(model.requests) == 2 and model.problems == []
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "serve-page-enhanced.png"), full_page=True)
+                assert not console_errors, console_errors
+            finally:
+                context.close()

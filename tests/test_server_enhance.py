@@ -230,3 +230,13 @@ def test_without_an_endpoint_the_fallback_captions_the_job_and_the_websocket_ses
         assert video["magi1"]["enhanced"]["prompt"] == fallback_caption("a blue cube")
         tags = mp4_tags(client.get(done["content_url"]).content)
         assert tags["description"] == fallback_caption("a blue cube")
+
+        # An extension's content is its source then the continuation: the file keeps the continuation's tags.
+        extension = client.post("/v1/videos/extensions", json={"video": {"id": done["video_id"]}, "seconds": 1,
+                                                               "prompt": "the cube spins", "enhance": True,
+                                                               "num_inference_steps": 4})
+        assert extension.status_code == 200, extension.text
+        job = finished_job(client, extension.json()["id"].removeprefix("video_"))
+        assert job["state"] == "done" and job["enhanced"]["mode"] == "v2v", job
+        content = client.get(f"/v1/videos/{extension.json()['id']}/content").content
+        assert mp4_tags(content)["description"] == fallback_caption("the cube spins")

@@ -80,6 +80,8 @@ async function refreshInfo() {
     badge.textContent = `model ${info.model}`;
     badge.className = `badge ${info.model}`;
     applyLimits(info.limits, info.defaults);
+    $("enhancer-name").textContent = info.enhancer === "fallback" || !info.enhancer
+      ? "(the server's templates: camera and quality sentences)" : `(model ${info.enhancer})`;
     if (info.model === "loading") setTimeout(refreshInfo, 2000);
   } catch (err) {
     $("model-status").textContent = "server unreachable";
@@ -144,6 +146,7 @@ function buildForm() {
   form.append("prompt", $("prompt").value.trim());
   const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
   if (chunkPrompts) form.append("chunk_prompts", JSON.stringify(chunkPrompts));
+  if ($("enhance").checked) form.append("enhance", "true");
   for (const id of ["num_frames", "height", "width", "steps", "seed"]) {
     const value = $(id).value.trim();
     if (value) form.append(id, value);
@@ -196,6 +199,7 @@ async function liveRequest() {
   const request = { prompt: $("prompt").value.trim() };
   const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
   if (chunkPrompts) request.chunk_prompts = chunkPrompts;
+  if ($("enhance").checked) request.enhance = true;
   const number = (id) => ($(id).value.trim() ? Number($(id).value) : null);
   if (number("num_frames") !== null) request.frames = number("num_frames");
   if (number("steps") !== null) request.num_inference_steps = number("steps");
@@ -281,6 +285,7 @@ function watch(jobId, { live = false } = {}) {
   }
   $("job-label").textContent = jobId.slice(0, 8);
   $("download").hidden = true;
+  showEnhanced(null);
   pollJob();
 }
 
@@ -326,7 +331,24 @@ function showProgress(job) {
   if (job.error) parts.push(job.error);
   $("progress-text").textContent = parts.join(" · ");
   showStepPreview(job);
+  showEnhanced(job.enhanced);
   $("cancel").hidden = ["done", "failed", "cancelled"].includes(job.state) || job.cancel_requested;
+}
+
+// The captions the server's enhancer made (job.enhanced), which the video was made from.
+function showEnhanced(enhanced) {
+  $("enhanced-box").hidden = !enhanced;
+  if (!enhanced) return;
+  $("enhanced-by").textContent = enhanced.enhancer === "fallback" ? "(templates)" : `(model ${enhanced.enhancer})`;
+  $("enhanced-prompt").textContent = enhanced.prompt;
+  const list = $("enhanced-chunks");
+  const chunks = Object.entries(enhanced.chunk_prompts || {}).sort((a, b) => Number(a[0]) - Number(b[0]));
+  list.hidden = chunks.length === 0;
+  list.replaceChildren(...chunks.map(([chunk, caption]) => {
+    const item = document.createElement("li");
+    item.textContent = `from chunk ${chunk}: ${caption}`;
+    return item;
+  }));
 }
 
 // While chunks are denoised, a cheap latent preview of the window (no VAE decode) shows what is coming.
@@ -393,7 +415,8 @@ function renderJobs(jobs) {
     };
     cell(`${job.id.slice(0, 8)} ${new Date(job.created_at * 1000).toLocaleTimeString()}`);
     cell(job.mode);
-    cell(job.prompt || "", "prompt").title = job.prompt || "";
+    const shown = job.prompt || (job.enhanced && job.enhanced.prompt) || "";  // a story's job has no prompt
+    cell(shown, "prompt").title = job.enhanced ? `enhanced: ${job.enhanced.prompt}` : shown;
     const active = job.state === "queued" || job.state === "running";
     cell(active ? `${job.state} ${Math.round(job.progress * 100)}%` : job.state, `state ${job.state}`).title = job.error || "";
     const actions = cell("");
