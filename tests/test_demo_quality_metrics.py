@@ -134,3 +134,30 @@ def test_shipped_demo_vocabulary_is_the_recipe_s_and_warns_only_on_unknown_promp
     message = check_prompt("a cat walks in the park", tmp_path)
     assert "a cat walks in the park" in message and "balls and squares" in message
     assert check_prompt("a cat walks", tmp_path / "no-vocabulary-here") is None  # e.g. the official T5: no warning
+
+
+def test_prompt_check_counts_what_a_prompt_names_and_passes_ground_truth():
+    """`eval.prompts`: the objects a prompt names, and a ground-truth clip shows its own caption while a blank
+    video (what generation 1 gave for "a red ball bounces") does not."""
+    from magi1.eval.prompts import check_video, named_object_count
+
+    assert named_object_count("two balls collide") == 2
+    assert named_object_count("a red ball and a blue square fall and bounce on the floor") == 2
+    assert named_object_count("a red ball hits the blue square") == 1
+    assert named_object_count("ball, orange") == 1 and named_object_count("three balls fall") == 3
+    clip = make_clip(3, SceneConfig(num_frames=48))
+    result = check_video(clip.caption, clip.frames)
+    assert result.shows(0.9) and set(result.colours) == {o.colour for o in clip.objects}
+    blank = np.broadcast_to(clip.frames[:1, :1, :1], clip.frames.shape).copy()  # background only
+    miss = check_video(clip.caption, blank)
+    assert not miss.shows(0.9) and miss.worst_colour == 0 and miss.count_reached == 0
+
+
+def test_eval_prompts_from_the_command_line():
+    """As a user runs it: `magi1 eval prompts` on the shipped demo prints one row per prompt and a verdict."""
+    run = subprocess.run([sys.executable, "-m", "magi1.cli", "eval", "prompts", "--prompts", "a red ball bounces",
+                          "two balls collide", "--num_frames", "24", "--steps", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "| a red ball bounces | 0 | red " in run.stdout and "| two balls collide | 0 | - | 2 |" in run.stdout
+    assert "of 2 prompts show what they name" in run.stdout

@@ -41,14 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_eval(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: magi1 eval physics|quality [options]   (magi1 eval physics -h for the options)")
+        print("usage: magi1 eval physics|quality|prompts [options]   (magi1 eval physics -h for the options)")
         return 0
     if argv[0] == "quality":
         from .quality import main_quality
 
         return main_quality(argv[1:])
+    if argv[0] == "prompts":
+        from .prompts import main_prompts
+
+        return main_prompts(argv[1:])
     if argv[0] != "physics":
-        print(f"magi1 eval: unknown evaluation {argv[0]!r}; available: physics, quality")
+        print(f"magi1 eval: unknown evaluation {argv[0]!r}; available: physics, quality, prompts")
         return 2
     args = build_parser().parse_args(argv[1:])
     if args.benchmark_root:

@@ -63,14 +63,15 @@ DEMO_VAE_DDCONFIG = dict(
 DEMO_SCALE_FACTOR = 0.18215
 
 
-def demo_model_config(caption_channels: int = 64) -> ModelConfig:
-    """A 1.5 M-parameter MAGI-1 DiT: 6 layers × 128 wide, 4 query heads of 32 in 2 KV groups, GELU MLP.
+def demo_model_config(caption_channels: int = 64, num_layers: int = 6) -> ModelConfig:
+    """A tiny MAGI-1 DiT: `num_layers` × 128 wide (6 layers: 1.5 M parameters), 4 query heads of 32 in 2 KV
+    groups, GELU MLP.
 
     Stored and run in bfloat16 like the official models (the float32 islands stay float32); it trains in
     float32 (`training_config`).
     """
     return ModelConfig(
-        model_name="videodit_ardf", num_layers=6, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
+        model_name="videodit_ardf", num_layers=num_layers, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
         num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True, x_rescale_factor=1.0,
         half_channel_vae=False, params_dtype="torch.bfloat16", patch_size=2, t_patch_size=1, in_channels=16,
         out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
@@ -137,6 +138,7 @@ class RecipeSettings:
     decoder_steps: int = 1500                # decoder-only fine-tune after the latents are cached
     decoder_lr: float = 1e-3
     dit_clips: int = 600
+    dit_layers: int = 6                      # demo_model_config num_layers
     caption_variants: int = 1                # wordings per clip (train.captions); 1: the canonical caption only
     dit_steps: int = 4000
     dit_lr: float = 8e-4
@@ -214,7 +216,7 @@ class DemoRecipe:
         rel = lambda p: os.path.relpath(p, self.presets)  # noqa: E731  (paths relative to the JSON)
         paths = {"load": rel(self.dit_root), "t5_pretrained": rel(self.t5_root), "vae_pretrained": rel(self.vae_dir)}
         steps = self.s.distill_infer_steps if distill else self.s.base_steps
-        config = demo_config(demo_model_config(DEMO_T5_DIMS["d_model"]), distill=distill, num_steps=steps,
+        config = demo_config(demo_model_config(DEMO_T5_DIMS["d_model"], self.s.dit_layers), distill=distill, num_steps=steps,
                              paths=paths, size=self.s.size)
         config.source_dir = str(self.presets.resolve())
         return config
