@@ -9,6 +9,7 @@ summary, where Chromium, Playwright or the demo model is missing. Only loopback 
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +47,26 @@ def chromium_path() -> str:
     if path is None:
         skip_with_reason("Chromium is not installed (Debian: apt-get install chromium)")
     return path
+
+
+@contextmanager
+def opened_page(playwright, tmp_path, executable: str, url: str, **context_options):
+    """Headless Chromium on `url` once the page says the model is ready: yields (page, console errors)."""
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
+        **context_options)
+    try:
+        page = context.new_page()
+        console_errors: list[str] = []
+        page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(url)
+        # Predicates are functions, not expression strings: those would need eval, which the page's
+        # Content-Security-Policy forbids (and the test keeps that policy on).
+        page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
+                               timeout=10_000)
+        yield page, console_errors
+    finally:
+        context.close()
 
 
 def demo_pipeline_factory(tmp_path):
@@ -89,36 +110,24 @@ def drive_page(tmp_path: Path, pipeline_factory, screenshot: Path, *, play_timeo
         assert info["model"] == "ready", info
         fields = {**tiny_settings(info["defaults"]), **(extra_fields or {})}
 
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 900})
-            try:
-                page = context.new_page()
-                console_errors: list[str] = []
-                page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
-                page.goto(base_url + "/")
-                # Predicates are functions, not expression strings: those would need eval, which the page's
-                # Content-Security-Policy forbids (and the test keeps that policy on).
-                page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
-                                       timeout=10_000)
-                page.fill("#prompt", prompt)
-                for field_id, value in fields.items():
-                    page.fill(f"#{field_id}", value)
-                page.click("#submit")
-                page.wait_for_function(
-                    "() => { const v = document.getElementById('player');"
-                    " return v.dataset.played === 'true' && v.currentTime > 0; }",
-                    timeout=play_timeout_s * 1000)
-                assert page.text_content("#form-message") == ""
-                assert page.locator("#jobs tr").count() == 1
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(screenshot), full_page=True)
-                if after_play is not None:
-                    after_play(page)
-                assert not console_errors, console_errors
-            finally:
-                context.close()
+        with sync_playwright() as playwright, opened_page(playwright, tmp_path, executable, base_url + "/",
+                                                          viewport={"width": 1280, "height": 900}) as opened:
+            page, console_errors = opened
+            page.fill("#prompt", prompt)
+            for field_id, value in fields.items():
+                page.fill(f"#{field_id}", value)
+            page.click("#submit")
+            page.wait_for_function(
+                "() => { const v = document.getElementById('player');"
+                " return v.dataset.played === 'true' && v.currentTime > 0; }",
+                timeout=play_timeout_s * 1000)
+            assert page.text_content("#form-message") == ""
+            assert page.locator("#jobs tr").count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+            if after_play is not None:
+                after_play(page)
+            assert not console_errors, console_errors
 
 
 def test_page_plays_a_t2v_job_on_the_fake_pipeline(tmp_path):
@@ -162,31 +171,21 @@ def test_page_enhance_checkbox_shows_the_models_caption_with_the_result(tmp_path
         enhance = EnhanceSettings(url=model.url, model="tiny-llm", timeout_s=10)
         settings = ServerSettings(results_dir=tmp_path / "results", allowed_hosts=LOOPBACK_HOSTS)
         app = create_app(lambda: pipeline, settings, enhance_settings=enhance)
-        with serve_in_background(app) as base_url, sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-            try:
-                page = context.new_page()
-                console_errors: list[str] = []
-                page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
-                page.goto(base_url + "/")
-                page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
-                                       timeout=10_000)
-                assert "model tiny-llm" in page.text_content("#enhancer-name")
-                page.fill("#prompt", "a red ball")
-                page.uncheck("#live")
-                page.check("#enhance")
-                page.click("#submit")
-                page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
-                                       timeout=20_000)
-                page.wait_for_function("() => !document.getElementById('enhanced-box').hidden", timeout=5_000)
-                shown = page.text_content("#enhanced-prompt")
-                assert shown.startswith("A red ball rests on a grey floor. The red ball bounces twice.")
-                assert "(model tiny-llm)" in page.text_content("#enhanced-by")
-                assert pipeline.calls[-1]["prompt"] == shown  # the video was made from what the page shows
-                assert len(model.requests) == 2 and model.problems == []
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "serve-page-enhanced.png"), full_page=True)
-                assert not console_errors, console_errors
-            finally:
-                context.close()
+        with serve_in_background(app) as base_url, sync_playwright() as playwright, \
+                opened_page(playwright, tmp_path, executable, base_url + "/") as (page, console_errors):
+            assert "model tiny-llm" in page.text_content("#enhancer-name")
+            page.fill("#prompt", "a red ball")
+            page.uncheck("#live")
+            page.check("#enhance")
+            page.click("#submit")
+            page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
+                                   timeout=20_000)
+            page.wait_for_function("() => !document.getElementById('enhanced-box').hidden", timeout=5_000)
+            shown = page.text_content("#enhanced-prompt")
+            assert shown.startswith("A red ball rests on a grey floor. The red ball bounces twice.")
+            assert "(model tiny-llm)" in page.text_content("#enhanced-by")
+            assert pipeline.calls[-1]["prompt"] == shown  # the video was made from what the page shows
+            assert len(model.requests) == 2 and model.problems == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve-page-enhanced.png"), full_page=True)
+            assert not console_errors, console_errors

@@ -138,9 +138,9 @@ class RecipeSettings:
     decoder_steps: int = 1500                # decoder-only fine-tune after the latents are cached
     decoder_lr: float = 1e-3
     dit_clips: int = 600
-    dit_layers: int = 6                      # demo_model_config num_layers
-    caption_variants: int = 1                # wordings per clip (train.captions); 1: the canonical caption only
-    dit_steps: int = 4000
+    dit_layers: int = 8                      # demo_model_config num_layers (generation 1: 6)
+    caption_variants: int = 12               # wordings per clip (train.captions); 1: the canonical caption only
+    dit_steps: int = 5000                    # generation 1: 4,000 steps of a 6-layer DiT
     dit_lr: float = 8e-4
     dit_tokens_per_step: int = 2304
     distill_steps: int = 400
@@ -216,8 +216,8 @@ class DemoRecipe:
         rel = lambda p: os.path.relpath(p, self.presets)  # noqa: E731  (paths relative to the JSON)
         paths = {"load": rel(self.dit_root), "t5_pretrained": rel(self.t5_root), "vae_pretrained": rel(self.vae_dir)}
         steps = self.s.distill_infer_steps if distill else self.s.base_steps
-        config = demo_config(demo_model_config(DEMO_T5_DIMS["d_model"], self.s.dit_layers), distill=distill, num_steps=steps,
-                             paths=paths, size=self.s.size)
+        model_config = demo_model_config(DEMO_T5_DIMS["d_model"], self.s.dit_layers)
+        config = demo_config(model_config, distill=distill, num_steps=steps, paths=paths, size=self.s.size)
         config.source_dir = str(self.presets.resolve())
         return config
 
