@@ -63,9 +63,10 @@ def test_generate_names_the_packed_layout_before_loading(packed_root, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("magi1 generate: error: "), done.stderr
-    # demo: 6 layers; fused rows = q 128 + qx 128 + k 64 + v 64 = 384; hidden 128
+    # demo: its layers stacked; fused rows = q 128 + qx 128 + k 64 + v 64 = 384; hidden 128
+    layers = load_config("demo").model_config.num_layers
     assert "MAGI-1.1 packed checkpoint" in lines[0]
-    assert "videodit_blocks.layers.self_attention.linear_qkv.weight of shape (6, 384, 128)" in lines[0]
+    assert f"videodit_blocks.layers.self_attention.linear_qkv.weight of shape ({layers}, 384, 128)" in lines[0]
     assert "missing keys" not in lines[0]
     assert not list(out.parent.iterdir())
 
@@ -77,7 +78,8 @@ def test_python_api_refuses_a_packed_state_dict(packed_root):
     with torch.device("meta"):
         model = MagiDiT(config.model_config)
     packed = read_state_dict(packed_root / "inference_weight")
-    with pytest.raises(CheckpointError, match=r"MAGI-1\.1 packed checkpoint: its 6 transformer layers"):
+    layers = config.model_config.num_layers
+    with pytest.raises(CheckpointError, match=rf"MAGI-1\.1 packed checkpoint: its {layers} transformer layers"):
         load_state_dict_into(model, packed)
 
 

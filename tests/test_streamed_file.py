@@ -23,6 +23,16 @@ from magi1.resume import resume_state_path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CHUNK_FRAMES = 24  # the tiny model: chunk_width 6 latent frames x 4
+# `magi1 generate` itself, with a pause after each chunk lands in the file: on a fast CPU the tiny model
+# finishes all its chunks within a few milliseconds, before a watcher could see (or kill at) the first one.
+SLOW_APPEND_CLI = (
+    "import sys, time\n"
+    "import magi1.io.chunked_mp4 as m\n"
+    "append = m.ChunkedMp4Writer.append_chunk\n"
+    "m.ChunkedMp4Writer.append_chunk = lambda self, frames: (append(self, frames), time.sleep(0.5))[0]\n"
+    "from magi1.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -68,7 +78,7 @@ def test_file_fills_per_chunk_survives_kill_9_and_resumes_to_the_same_bytes(tiny
     out = tmp_path / "out.mp4"
     partial = partial_path_for(out)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-m", "magi1.cli", *_args(tiny_model, out)]
+    command = [sys.executable, "-c", SLOW_APPEND_CLI, *_args(tiny_model, out)]
 
     run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = _watch(run, partial, stop_at=CHUNK_FRAMES)

@@ -256,7 +256,10 @@ class _StreamEncoder:
 
 
 def _encoder_options(codec: str, crf: int | None, preset: str | None, options: dict[str, str] | None) -> dict[str, str]:
-    merged = {}
+    # One encoder thread unless asked otherwise: libx264's frame threads made the same frames encode to
+    # different bytes now and then on a loaded machine (tests/test_streamed_file.py), and a resumed run must
+    # write the very bytes of an uninterrupted one. The encode is a small share of a chunk's time.
+    merged = {"threads": "1"}
     if crf is not None:
         merged["crf"] = str(crf)
     if preset is not None:
