@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..train.captions import KNOWN_SHAPES
 from .persistence import COUNT_WORDS, named_colours, object_counts
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ NEWCOMER_PROMPTS = (
     ("three balls fall", 0),
     ("a red square and a green square", 0),
 )
-SHAPE_WORDS = {"ball", "balls", "sphere", "spheres", "circle", "circles", "disc", "discs", "square", "squares",
-               "box", "boxes", "block", "blocks", "cube", "cubes", "object", "objects"}
+SHAPE_WORDS = frozenset(KNOWN_SHAPES)  # the demo's shape words, singular and plural
 
 
 def named_object_count(prompt: str) -> int:
