@@ -63,18 +63,18 @@ DEMO_VAE_DDCONFIG = dict(
 DEMO_SCALE_FACTOR = 0.18215
 
 
-def demo_model_config(caption_channels: int = 64, num_layers: int = 6) -> ModelConfig:
-    """A tiny MAGI-1 DiT: `num_layers` × 128 wide (6 layers: 1.5 M parameters), 4 query heads of 32 in 2 KV
-    groups, GELU MLP.
+def demo_model_config(caption_channels: int = 64, num_layers: int = 8) -> ModelConfig:
+    """A tiny MAGI-1 DiT: `num_layers` × 128 wide (8, the shipped demo: 1.95 M parameters; generation 1 had 6),
+    4 query heads of 32 in 2 KV groups, GELU MLP.
 
     Stored and run in bfloat16 like the official models (the float32 islands stay float32); it trains in
     float32 (`training_config`).
     """
     return ModelConfig(
-        model_name="videodit_ardf", num_layers=num_layers, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
-        num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True, x_rescale_factor=1.0,
-        half_channel_vae=False, params_dtype="torch.bfloat16", patch_size=2, t_patch_size=1, in_channels=16,
-        out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
+        model_name="videodit_ardf", num_layers=num_layers, hidden_size=128, ffn_hidden_size=512,
+        num_attention_heads=4, num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True,
+        x_rescale_factor=1.0, half_channel_vae=False, params_dtype="torch.bfloat16", patch_size=2, t_patch_size=1,
+        in_channels=16, out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
         xattn_cond_hidden_ratio=1.0, cond_gating_ratio=1.0, gated_linear_unit=False,
     )
 
