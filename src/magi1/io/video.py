@@ -256,16 +256,38 @@ class _StreamEncoder:
 
 
 def _encoder_options(codec: str, crf: int | None, preset: str | None, options: dict[str, str] | None) -> dict[str, str]:
-    # One encoder thread unless asked otherwise: libx264's frame threads made the same frames encode to
-    # different bytes now and then on a loaded machine (tests/test_streamed_file.py), and a resumed run must
-    # write the very bytes of an uninterrupted one. The encode is a small share of a chunk's time.
+    # One encoder thread unless asked otherwise, so the bytes of a chunk never depend on how the encoder's
+    # threads were scheduled: a resumed run must write the very bytes of an uninterrupted one. The encode is a
+    # small share of a chunk's time.
     merged = {"threads": "1"}
     if crf is not None:
         merged["crf"] = str(crf)
     if preset is not None:
         merged["preset"] = preset
-    merged.update({key: str(value) for key, value in (options or {}).items()})
+    cap = x264_asm_cap() if codec == "libx264" else None
+    if cap is not None:
+        merged["x264-params"] = f"asm={cap}"
+    for key, value in (options or {}).items():
+        if key == "x264-params" and cap is not None and "asm=" not in str(value):
+            value = f"{merged['x264-params']}:{value}"  # the caller's x264 settings, on top of the cap
+        merged[key] = str(value)
     return merged
+
+
+def x264_asm_cap(flags: frozenset[str] | None = None) -> str | None:
+    """The instruction set libx264 is limited to here ("AVX2"), or None to let it pick its own.
+
+    On CPUs with AVX-512, libx264's AVX-512 kernels read memory they never wrote on small frames (seen on
+    32x32 and 64x64 chunks; under valgrind, which hides AVX-512, there is no such read): the same frames
+    then encode to different bytes depending on what the heap held before, i.e. a resumed or re-run video
+    is not the same file (tests/test_video_encoding_determinism.py poisons the heap to show it). Its AVX2
+    kernels, which every AVX-512 CPU has, encode the bytes the AVX-512 ones give on clean memory.
+    """
+    if flags is None:
+        from magi1.ops.cpu_paths import cpu_report
+
+        flags = cpu_report().flags
+    return "AVX2" if "avx512f" in flags and "avx2" in flags else None
 
 
 def partial_path_for(path: str | Path) -> Path:
