@@ -376,3 +376,19 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
         pipe = MagiPipeline.from_pretrained(str(tmp_path / "presets" / name), device="cpu")
         frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]
         assert frames.shape == (24, 64, 64, 3)
+
+
+def test_train_demo_flags_reach_the_recipe_settings():
+    """`magi1 train demo --vae-lr ...`: every VAE knob of the command line lands in RecipeSettings."""
+    from magi1.train.cli import build_parser, demo_settings
+    from magi1.train.demo_recipe import RecipeSettings
+
+    args = build_parser().parse_args(["demo", "--vae-lr", "7e-4", "--vae-mlp-ratio", "1.5",
+                                      "--vae-temporal-weight", "0.5", "--decoder-steps", "10"])
+    args.command_line = "magi1 train demo"
+    settings = demo_settings(args)
+    assert (settings.vae_lr, settings.vae_mlp_ratio, settings.vae_temporal_weight, settings.decoder_steps) == (
+        7e-4, 1.5, 0.5, 10)
+    plain = build_parser().parse_args(["demo"])
+    plain.command_line = "magi1 train demo"
+    assert demo_settings(plain).vae_lr == RecipeSettings().vae_lr

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-mlp-ratio", type=float, default=defaults.vae_mlp_ratio, help="VAE MLP width / embed_dim")
     p.add_argument("--vae-temporal-weight", type=float, default=defaults.vae_temporal_weight,
                    help="weight of the frame-change loss of the VAE stages (0: off)")
+    p.add_argument("--vae-lr", type=float, default=defaults.vae_lr, help="peak learning rate of the VAE stage")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
     p.add_argument("--quiet", action="store_true")
@@ -132,20 +133,26 @@ def _lora(args) -> int:
     return main_train_lora(args)
 
 
-def _demo(args) -> int:
-    from .demo_recipe import DemoRecipe, RecipeSettings
+def demo_settings(args):
+    """The RecipeSettings of a parsed `magi1 train demo` command line."""
+    from .demo_recipe import RecipeSettings
 
-    settings = RecipeSettings(
+    return RecipeSettings(
         workdir=args.workdir, out_dir=args.out_dir, preset_dir=args.preset_dir, seed=args.seed,
         vae_steps=args.vae_steps, decoder_steps=args.decoder_steps, vae_clips=args.vae_clips,
         dit_steps=args.dit_steps, dit_clips=args.dit_clips, dit_layers=args.dit_layers,
         distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
         dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
         caption_variants=args.caption_variants, vae_mlp_ratio=args.vae_mlp_ratio,
-        vae_temporal_weight=args.vae_temporal_weight,
+        vae_temporal_weight=args.vae_temporal_weight, vae_lr=args.vae_lr,
         threads=args.threads, progress=not args.quiet, command=args.command_line,
     )
-    outcome = DemoRecipe(settings).run()
+
+
+def _demo(args) -> int:
+    from .demo_recipe import DemoRecipe
+
+    outcome = DemoRecipe(demo_settings(args)).run()
     print(f"demo model trained in {outcome['seconds'] / 60:.1f} min; log: {Path(args.out_dir) / 'training_log.txt'}")
     return 0
 
