@@ -63,6 +63,7 @@ REFUSED = [
     (["--output_path", "{in}/folder.mp4"], "is a folder"),
     (["--output_path", "{in}/nowhere/out.mp4"], "does not exist"),
     (["--output_path", "{out}.gif"], "must end in .mp4"),
+    (["--output_path", "/proc/out.mp4"], "output folder /proc"),  # os.access says yes for root; creating fails
     (["--image_path", "{in}/bomb.png"], "more than the"),
     (["--image_path", "{in}/text.png"], "not a readable image"),
     (["--prefix_video_path", "{in}/still.png"], "still image, not a video"),
@@ -207,3 +208,19 @@ def test_python_api_refusals_are_input_errors(demo_config):
                             ({"image": 3}, "file path, a PIL image"), ({"height": 8.0}, "whole number")]:
         with pytest.raises(InputError, match=re.escape(message)):
             check_run(demo_config, prompt="a ball", **fields)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nowhere/out.mp4", "does not exist"),
+    ("out.gif", "must end in .mp4"),
+    (".", "is a folder"),
+])
+def test_generate_to_file_refuses_a_bad_output_path_before_any_work(tiny_pipeline, tmp_path, name, message):
+    """The Python API as the README shows it: a bad path is an InputError before the first step, no file left."""
+    from magi1.errors import InputError
+
+    steps = []
+    with pytest.raises(InputError, match=message):
+        tiny_pipeline.generate_to_file(tmp_path / name, prompt="a red ball bounces", seed=1, num_frames=24,
+                                       progress=False, callback=lambda event: steps.append(event))
+    assert steps == [] and sorted(p.name for p in tmp_path.iterdir()) == []

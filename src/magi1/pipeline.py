@@ -20,7 +20,8 @@ import torch
 from .config import MagiConfig
 from .diffusers_api import DiffusersConventions
 from .errors import InputError, MissingWeightsError
-from .preflight import check_run, check_weights_present  # noqa: F401 (re-exported: the server and tests import it here)
+# check_run and check_weights_present are re-exported: the server and tests import them from here
+from .preflight import check_output_path, check_run, check_weights_present  # noqa: F401
 from .preflight import t5_present as _t5_present, vae_present as _vae_present
 from .resume import ResumeState, resume_state_path, run_fingerprint  # noqa: F401 (re-exported)
 from .lora.pipeline_api import LoraPipelineMixin
@@ -447,12 +448,11 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             for _ in self.stream(progress=False, **kwargs):
                 pass
             return GenerationReport(str(path), 0, 0, 0.0, None)
+        # Before any work: a folder that is missing or read-only, a file name that is a folder, or a name not
+        # ending in .mp4 is one sentence now, not a traceback after the first chunk (or after the last).
+        path = check_output_path(path, resume=resume)
         state_file = resume_state_path(path)
-        resume_state = None
-        if resume:
-            if not state_file.is_file():
-                raise InputError(f"nothing to resume: no saved state {state_file} for {path}")
-            resume_state = ResumeState.load(state_file)
+        resume_state = ResumeState.load(state_file) if resume else None
         start = time.perf_counter()
         if self.vae is None:
             check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder

@@ -130,6 +130,7 @@ def check_output_path(output_path: str | os.PathLike, *, resume: bool = False) -
         raise InputError(f"the output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"the output folder {folder} is not writable")
+    _check_can_create_files_in(folder)
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"the output file {path} exists and cannot be overwritten")
     if resume:
@@ -138,6 +139,19 @@ def check_output_path(output_path: str | os.PathLike, *, resume: bool = False) -
         if not resume_state_path(path).is_file():
             raise InputError(f"nothing to resume: no saved state {resume_state_path(path)} for {path}")
     return path
+
+
+def _check_can_create_files_in(folder: Path) -> None:
+    """Create and remove a scratch file there: os.access answers yes for root on /proc, a full disk or some
+    network mounts, where the run would only fail at its first chunk (the resume state and the mp4 go here)."""
+    import tempfile
+
+    try:
+        handle, scratch = tempfile.mkstemp(dir=folder, prefix=".magi1-write-check-")
+    except OSError as err:
+        raise InputError(f"cannot create files in the output folder {folder}: {err.strerror or err}") from None
+    os.close(handle)
+    os.unlink(scratch)
 
 
 def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool = False,
