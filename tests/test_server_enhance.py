@@ -191,7 +191,11 @@ def test_a_failing_endpoint_fails_the_job_with_one_sentence_naming_neither_key_n
             job = finished_job(client, submitted(client.post("/v1/jobs", json={"prompt": "a ball", "enhance": True,
                                                                                 **SMALL})))
             video = client.get(f"/v1/jobs/{job['id']}/video")
+            content = client.get(f"/v1/videos/video_{job['id']}/content")
     assert job["state"] == "failed" and job["enhanced"] is None, job
+    # final, so not "not ready yet": a 400 that says it failed and why, once
+    assert content.status_code == 400 and content.json()["error"]["code"] == "video_failed", content.text
+    assert content.json()["error"]["message"].count("prompt enhancement failed") == 1
     assert job["error"].startswith("prompt enhancement failed: ") and "no-such-model" in job["error"]
     assert model.url not in job["error"] and "127.0.0.1" not in job["error"] and "\n" not in job["error"]
     assert video.status_code == 409

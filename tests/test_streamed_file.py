@@ -55,7 +55,7 @@ def reference(tiny_pipeline, tmp_path_factory):
 
 
 def _watch(process: subprocess.Popen, partial: Path, *, stop_at: int | None = None) -> list[np.ndarray]:
-    """Decode the partial file each time it grows (and stays put for a moment); stop at `stop_at` frames."""
+    """Decode the file each time it grows (and stays put for a moment); stop at `stop_at` frames."""
     seen, last_size = [], -1
     while process.poll() is None:
         size = partial.stat().st_size if partial.exists() else -1
@@ -75,29 +75,28 @@ def _check_prefix(frames: np.ndarray, reference_frames: np.ndarray) -> None:
 
 def test_file_fills_per_chunk_survives_kill_9_and_resumes_to_the_same_bytes(tiny_model, tmp_path, reference):
     ref_frames, ref_bytes = reference
-    out = tmp_path / "out.mp4"
-    partial = partial_path_for(out)
+    out = tmp_path / "out.mp4"  # the very path a user watches: chunks land in it, not in a hidden sibling
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-c", SLOW_APPEND_CLI, *_args(tiny_model, out)]
 
     run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen = _watch(run, partial, stop_at=CHUNK_FRAMES)
+    seen = _watch(run, out, stop_at=CHUNK_FRAMES)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
-    assert seen and len(seen[-1]) >= CHUNK_FRAMES, "the partial file never showed the first chunk"
-    left = _decode(partial)
+    assert seen and len(seen[-1]) >= CHUNK_FRAMES, "the output file never showed the first chunk"
+    left = _decode(out)
     _check_prefix(left, ref_frames)  # a playable file holding the finished chunks
-    assert not out.exists() and resume_state_path(out).is_file()
+    assert resume_state_path(out).is_file() and not partial_path_for(out).exists()
 
     resumed = subprocess.Popen(command + ["--resume"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    seen = _watch(resumed, partial)
+    seen = _watch(resumed, out)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     for frames in seen:  # while it ran, the file always held whole chunks of the same video
         _check_prefix(frames, ref_frames)
     np.testing.assert_array_equal(_decode(out), ref_frames)
     assert out.read_bytes() == ref_bytes
-    assert not partial.exists() and not resume_state_path(out).exists()
+    assert not partial_path_for(out).exists() and not resume_state_path(out).exists()
 
 
 def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_file(tiny_model, tmp_path, reference, capsys,
@@ -115,8 +114,9 @@ def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_file(tiny_mod
     assert main(_args(tiny_model, out)) == 130
     message = capsys.readouterr().err
     assert "interrupted after 2 finished chunks" in message
-    _check_prefix(_decode(partial_path_for(out)), ref_frames)
-    assert len(_decode(partial_path_for(out))) == 2 * CHUNK_FRAMES
+    assert f"kept in {out}" in message
+    _check_prefix(_decode(out), ref_frames)
+    assert len(_decode(out)) == 2 * CHUNK_FRAMES
 
     monkeypatch.setattr(chunked_mp4.ChunkedMp4Writer, "append_chunk", real_append)
     printed = shlex.split(message.strip().splitlines()[-1])

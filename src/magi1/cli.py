@@ -419,7 +419,6 @@ def _interrupted_message(args, argv: list[str]) -> str:
 
     if args.command != "generate":
         return "interrupted"
-    from .io.video import partial_path_for
     from .resume import resume_state_path
 
     state = resume_state_path(args.output_path)
@@ -431,7 +430,7 @@ def _interrupted_message(args, argv: list[str]) -> str:
     program = sys.argv[0] if Path(sys.argv[0]).name == "magi1" else "magi1"
     command = shlex.join([program, *argv, *([] if "--resume" in argv else ["--resume"])])
     return (f"interrupted after {finished} finished chunk{'s' if finished != 1 else ''} "
-            f"(kept in {partial_path_for(args.output_path)}); to continue, run:\n  {command}")
+            f"(kept in {args.output_path}, a playable video of them); to continue, run:\n  {command}")
 
 
 if __name__ == "__main__":

@@ -432,9 +432,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                          metadata: Mapping[str, str] | None = None, **kwargs) -> GenerationReport:
         """Stream chunks into an mp4, each encoded as soon as it is clean.
 
-        The video is written as fragmented mp4 under a hidden partial name, one fragment per chunk appended the
-        moment the chunk is decoded (watchable while it grows; a killed run leaves every finished chunk), and
-        moved onto `path` when complete. After every finished chunk the run's state is saved
+        The video is written to `path` as fragmented mp4, one fragment per chunk appended the moment the chunk is
+        decoded: the file is playable while it grows, and a killed run leaves every finished chunk in it (a file
+        already at `path` is replaced when the first chunk lands). After every finished chunk the run's state is saved
         next to the output, so `resume=True` continues a killed run exactly where it stopped. `metadata`: the
         mp4's container tags (e.g. the captions of an enhanced run).
         """
@@ -461,7 +461,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         # One fragment per chunk, on disk as soon as the chunk is decoded; replayed chunks re-encode to the same
         # bytes. The sink decodes and writes chunk k (on its worker thread when overlapping) while the sampler
         # goes on with chunk k + 1.
-        writer = ChunkedMp4Writer(path, fps=self.fps, metadata=dict(metadata or {}))
+        writer = ChunkedMp4Writer(path, fps=self.fps, metadata=dict(metadata or {}), in_place=True)
         sink = ChunkSink(lambda latents: self.decode_chunk_frames(latents, fps=self.fps), writer,
                          lambda state: state.save(state_file), choice=choice, device=self.vae_device, start=start)
         with writer, sink:

@@ -123,6 +123,9 @@ def check_output_path(output_path: str | os.PathLike, *, resume: bool = False) -
     path = Path(output_path).expanduser()
     if path.is_dir():
         raise InputError(f"the output path {path} is a folder; give a file name such as {path / 'video.mp4'}")
+    if path.name.lower() == ".mp4":  # Path(".mp4").suffix is "": a hidden file with no extension
+        raise InputError(f"the output path {path} has no file name before .mp4; give one such as "
+                         f"{path.with_name('video.mp4')}")
     if path.suffix.lower() != ".mp4":
         raise InputError(f"the output path must end in .mp4, got {path}")
     folder = path.parent
@@ -137,6 +140,9 @@ def check_output_path(output_path: str | os.PathLike, *, resume: bool = False) -
         from .resume import resume_state_path
 
         if not resume_state_path(path).is_file():
+            if path.is_file():  # the state is removed when a run completes
+                raise InputError(f"nothing to resume: {path} is complete (a finished run leaves no saved state "
+                                 f"{resume_state_path(path).name}); run without --resume to make it again")
             raise InputError(f"nothing to resume: no saved state {resume_state_path(path)} for {path}")
     return path
 

@@ -1,8 +1,8 @@
 """An mp4 that grows by one self-contained fragment per chunk, readable the moment each chunk is appended.
 
-    with ChunkedMp4Writer("out.mp4", fps=24) as writer:
+    with ChunkedMp4Writer("out.mp4", fps=24, in_place=True) as writer:
         for chunk in chunks:             # uint8 (T, H, W, 3)
-            writer.append_chunk(chunk)   # on disk (hidden .out.partial.mp4) when this returns
+            writer.append_chunk(chunk)   # in out.mp4 when this returns (without in_place: .out.partial.mp4)
 
 Why not one long encoder stream: libx264 holds frames back (lookahead, B-frames) and the mp4 muxer keeps a
 fragment in memory until the next keyframe arrives, so a growing file lags the run by a chunk or more and a
@@ -17,7 +17,9 @@ chunk) followed by one fragment per chunk, so:
   frames writes the same file, byte for byte.
 
 Encoder settings follow the official output (libx264, yuv420p, CRF 23, preset medium) unless given.
-The file is renamed onto its target when the writer closes cleanly; on an error it stays as the partial file.
+in_place=True writes the target itself, so whoever watches `out.mp4` sees it grow (what `magi1 generate`
+promises); otherwise the file is a hidden partial one, renamed onto the target when the writer closes cleanly
+and left as it is on an error (the server's job folders, where only a finished video may carry the name).
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ class ChunkedMp4Writer:
 
     def __init__(self, path: str | Path, fps: float, *, codec: str = "libx264", pix_fmt: str = "yuv420p",
                  crf: int | None = None, preset: str | None = None, options: dict[str, str] | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, in_place: bool = False) -> None:
         self.path = Path(path)
-        self.partial_path = partial_path_for(self.path)
+        self.partial_path = self.path if in_place else partial_path_for(self.path)  # where the bytes go
         self.fps = _as_rate(fps)
         self._codec, self._pix_fmt = codec, pix_fmt
         self._options = _encoder_options(codec, crf, preset, options)
@@ -97,18 +99,19 @@ class ChunkedMp4Writer:
         return bytes(out)
 
     def close(self) -> Path:
-        """Move the finished file onto `path`; returns `path`."""
+        """Finish the file (moving it onto `path` unless written in place); returns `path`."""
         if self._closed:
             return self.path
         if self._fd is None:
             raise ValueError("no frames were appended; an empty video cannot be written")
         os.close(self._fd)
         self._closed = True
-        os.replace(self.partial_path, self.path)
+        if self.partial_path != self.path:
+            os.replace(self.partial_path, self.path)
         return self.path
 
     def abort(self) -> None:
-        """Stop; the partial file stays, holding every chunk appended so far."""
+        """Stop; the file stays (partial or in place), holding every chunk appended so far."""
         if not self._closed and self._fd is not None:
             os.close(self._fd)
         self._closed = True

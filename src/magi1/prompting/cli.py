@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from .settings import DEFAULT_TIMEOUT_S, KEY_ENV, MODEL_ENV, URL_ENV, VISION_CHOICES, EnhanceError, EnhanceSettings
 
@@ -88,13 +89,16 @@ def _recorded_for_resume(args):
     from ..io.video import partial_path_for
     from .prompts import read_enhanced_prompts
 
-    partial = partial_path_for(args.output_path)
-    if not (args.resume and partial.is_file()):
+    if not args.resume:
         return None
-    recorded = read_enhanced_prompts(partial)
-    if recorded is not None:
-        logger.info("resuming with the enhanced prompts recorded in %s", partial)
-    return recorded
+    # the interrupted run's own file (written in place), or the hidden partial file of an older magi1
+    for written in (Path(args.output_path), partial_path_for(args.output_path)):
+        if written.is_file():
+            recorded = read_enhanced_prompts(written)
+            if recorded is not None:
+                logger.info("resuming with the enhanced prompts recorded in %s", written)
+                return recorded
+    return None
 
 
 def _enhance_run(args, mode: str, config, prompt: str, chunk_prompts: dict[int, str] | None):

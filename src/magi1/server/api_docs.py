@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -109,6 +110,15 @@ REALTIME_PATH = {"get": {
 }}
 
 
+def without_head_operations(schema: dict) -> dict:
+    """Every GET route also answers HEAD (app.answer_head_on_get_routes); FastAPI would list each HEAD as a second
+    operation under its GET's operationId, which OpenAPI forbids and client generators reject. HEAD is implied
+    by GET in HTTP, so the schema lists the GET alone."""
+    for operations in schema.get("paths", {}).values():
+        operations.pop("head", None)
+    return schema
+
+
 def complete_openapi(schema: dict) -> dict:
     """Add the hand-read request bodies, the manually read query parameters and the WebSocket route."""
     paths = schema.setdefault("paths", {})
@@ -145,7 +155,10 @@ def install_docs(app) -> None:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_openapi(stock_openapi())
+            with warnings.catch_warnings():  # the HEAD twins of GET routes, dropped below
+                warnings.filterwarnings("ignore", message="Duplicate Operation ID")
+                stock = stock_openapi()
+            app.openapi_schema = complete_openapi(without_head_operations(stock))
         return app.openapi_schema
 
     app.openapi = openapi

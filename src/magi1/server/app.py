@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from .clients import client_identity, shared_client
 from .cost import JobCost, budget_for, cost_view, job_cost
 from .errors import ApiError, install_error_handlers
+from .file_ranges import MediaFileResponse
 from .job_request import BadRequest, whole_number
 from .jobs import Job, JobState, JobStore
 from .middleware import ErrorGuard, HostCheck, RequestLimits, SameOriginWrites
@@ -94,7 +95,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     # Added last = outermost: ErrorGuard, then the host check, the origin check, the size and time limits.
     app.add_middleware(RequestLimits, head_bytes=settings.max_header_bytes, body_bytes=settings.max_body_bytes,
                        file_body_bytes=settings.max_upload_bytes + MiB,  # + room for the form fields
-                       body_timeout_s=settings.body_timeout_s)
+                       upload_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(SameOriginWrites)
     if settings.allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
@@ -181,7 +182,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         state = store.snapshot(job)
         if state["has_video"] and job.video_path.is_file():
             name = f"magi1-{job.id[:12]}.mp4" if download in ("1", "true", "yes") else None
-            return FileResponse(job.video_path, media_type="video/mp4", filename=name)
+            return MediaFileResponse(job.video_path, media_type="video/mp4", filename=name)
         raise ApiError(409, video_not_ready_message(state))
 
     @app.get("/v1/jobs/{job_id}/preview.png")
@@ -202,7 +203,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         state = store.snapshot(job)
         path = job.chunk_path(index)
         if index < state["chunks_ready"] and path.is_file():
-            return FileResponse(path, media_type="video/mp4")
+            return MediaFileResponse(path, media_type="video/mp4")
         still_coming = not JobState(state["state"]).finished and (state["num_chunks"] is None
                                                                    or index < state["num_chunks"])
         if still_coming:

@@ -136,10 +136,12 @@ class RequestLimits:
     connection and a half-read upload forever.
     """
 
-    def __init__(self, app, *, head_bytes: int, body_bytes: int, file_body_bytes: int, body_timeout_s: float):
+    def __init__(self, app, *, head_bytes: int, body_bytes: int, file_body_bytes: int, body_timeout_s: float,
+                 upload_bytes: int | None = None):
         self.app = app
         self.head_bytes = head_bytes
         self.body_bytes, self.file_body_bytes, self.body_timeout_s = body_bytes, file_body_bytes, body_timeout_s
+        self.upload_bytes = upload_bytes  # the per-file limit /v1/info states (file_body_bytes adds the fields)
 
     def limit_for(self, scope) -> int:
         content_type = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
@@ -159,6 +161,8 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         limit = self.limit_for(scope)
         too_large = f"the request body is larger than this server accepts for its kind ({limit} bytes)"
+        if limit == self.file_body_bytes and self.upload_bytes is not None:
+            too_large = f"the upload is larger than this server accepts (max_upload_bytes: {self.upload_bytes})"
         declared = header(scope, b"content-length")
         if declared is not None and declared.strip().isascii() and declared.strip().isdigit() \
                 and int(declared) > limit:

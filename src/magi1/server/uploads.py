@@ -24,9 +24,10 @@ CHECK_SIZE = 16
 class UploadRejected(ValueError):
     """An upload that cannot be used; `status` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 415):
+    def __init__(self, message: str, status: int = 415, param: str | None = None):
         super().__init__(message)
         self.status = status
+        self.param = param  # the request field that carried the upload, where the caller knows it
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,11 @@ def _check_image(path: Path, settings: ServerSettings) -> CheckedUpload:
         raise
     except UnidentifiedImageError:
         raise UploadRejected(not_usable) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:
+        # Pillow refuses, before the header reaches _check_pixels, images past twice its own pixel cap
+        raise UploadRejected(f"the uploaded image has more than {settings.max_input_pixels} pixels; at most "
+                             f"{settings.max_input_pixels} pixels per frame are accepted", status=413) from None
+    except (OSError, ValueError, SyntaxError) as err:
         logger.info("upload %s refused: %s", path.parent.name, err)
         raise UploadRejected("the uploaded image cannot be decoded (it is damaged or truncated)") from None
     if fmt not in settings.image_formats:

@@ -222,7 +222,8 @@ def parse_seconds(value: Any, limits: ModelLimits, default: float | None) -> flo
     else:
         seconds = math.nan
     if math.isnan(seconds) or seconds <= 0:
-        raise invalid(f"seconds must be a positive number, got {_shown(value)}", param="seconds")
+        raise invalid(f"seconds must be a positive decimal number such as \"4\" or \"2.5\", got {_shown(value)}",
+                      param="seconds")
     if seconds > limits.max_seconds + 1e-9:
         raise invalid(f"seconds must be at most {seconds_text(limits.max_seconds)} on this server "
                       f"({limits.frames_per_chunk}-frame chunks at {limits.fps} fps)", param="seconds",

@@ -24,6 +24,7 @@ from . import video_files
 from .clients import client_identity
 from .cost import JobCost, budget_for, cost_view
 from .errors import scrub_paths
+from .file_ranges import MediaFileResponse
 from .job_request import BadRequest, whole_number
 from .jobs import Job, JobStore, Refusal, StagedJob
 from .openai_errors import ApiError, invalid, not_found
@@ -66,11 +67,17 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
     def content_path(job: Job) -> "video_files.Path":
         state = store.snapshot(job)
         if not (state["has_video"] and job.video_path.is_file()):
-            status = STATUS[state["state"]]
-            reason = {"queued": "it is queued", "in_progress": "it is still being made"}.get(
-                status, "it has no video: " + str(state["error"] or "it was cancelled before any chunk finished"))
-            raise ApiError(409, f"video {ID_PREFIX}{job.id} has no content yet: {reason}", param="video_id",
-                           code="video_not_ready")
+            status, name = STATUS[state["state"]], ID_PREFIX + job.id
+            if status in ("queued", "in_progress"):  # content will come: ask again later
+                reason = "it is queued" if status == "queued" else "it is still being made"
+                raise ApiError(409, f"video {name} has no content yet: {reason}", param="video_id",
+                               code="video_not_ready")
+            # final: this video will never have content, so asking again cannot help
+            if state["state"] == "failed":
+                message = f"video {name} failed, so it has no content: {state['error'] or 'no reason was recorded'}"
+            else:
+                message = f"video {name} was cancelled before any chunk finished, so it has no content"
+            raise ApiError(400, message, param="video_id", code="video_failed")
         meta = job.request.video_api or {}
         if meta.get("stitched"):
             return video_files.stitched_video(job.folder, state["fps"] or limits().fps)
@@ -80,7 +87,9 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
         record = store.snapshot(job)
         config = store.config
         budget = budget_for(settings, config.runtime_config) if config is not None else None
-        return video_object(record, job, model_id, settings, frames_cache, budget)
+        runtime = config.runtime_config if config is not None else None
+        default_size = f"{runtime.video_size_w}x{runtime.video_size_h}" if runtime is not None else None
+        return video_object(record, job, model_id, settings, frames_cache, budget, default_size)
 
     async def commit(request: Request, staged: StagedJob, prepared) -> Job:
         """Check the request against the config and the cost budget, then queue it (the last check is room)."""
@@ -95,13 +104,16 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
             headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
             raise ApiError(err.status, str(err), code=REFUSAL_CODES.get(err.status), headers=headers) from None
 
-    async def staged_submission(work) -> Job:
+    async def staged_submission(work, upload_field: str) -> Job:
         """Run work(staged) in a fresh staged folder, which is discarded unless work commits it."""
         staged = store.stage()
         try:
             return await work(staged)
         except UploadRejected as err:
-            raise ApiError(err.status, str(err), code="invalid_file") from None
+            # 400, not 415, for a file that is no usable image or video: OpenAI clients map only 400 to their
+            # BadRequestError (the job API keeps 415); 413 stays for files past a size limit.
+            status = 400 if err.status == 415 else err.status
+            raise ApiError(status, str(err), param=err.param or upload_field, code="invalid_file") from None
         finally:
             if staged.folder.exists():  # committed folders have been renamed away
                 store.discard(staged)
@@ -132,7 +144,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
             prepared.job.input_name = input_name
             return await commit(request, staged, prepared)
 
-        return await staged_submission(work)
+        return await staged_submission(work, "input_reference")
 
     @router.post("/v1/videos", summary="Create a video (t2v, or i2v with input_reference)")
     async def create(request: Request):
@@ -143,6 +155,8 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
         model = limits()
         fields, files = await video_files.read_body(request, ("video",))
         source_ref = fields.pop("video", None)
+        if isinstance(source_ref, str) and source_ref.startswith(ID_PREFIX):
+            source_ref = {"id": source_ref}  # a bare id is taken as {"id": ...}: there is no other reading of it
 
         async def work(staged: StagedJob) -> Job:
             if "video" in files:
@@ -174,7 +188,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
                                  seconds=seconds_text(source_seconds + float(prepared.meta["seconds"])))
             return await commit(request, staged, prepared)
 
-        return JSONResponse(view(await staged_submission(work)), headers=NO_STORE)
+        return JSONResponse(view(await staged_submission(work, "video")), headers=NO_STORE)
 
     @router.post("/v1/videos/sync", summary="Create a video and wait: the mp4 itself, with timing headers")
     async def create_sync(request: Request):
@@ -195,7 +209,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
         queued = (state["started_at"] or state["created_at"]) - state["created_at"]
         generated = state["finished_at"] - (state["started_at"] or state["finished_at"])
         timing = f"queue;dur={queued * 1000:.0f}, generate;dur={generated * 1000:.0f}"
-        return FileResponse(path, media_type="video/mp4", headers={"X-Video-Id": ID_PREFIX + job.id,
+        return MediaFileResponse(path, media_type="video/mp4", headers={"X-Video-Id": ID_PREFIX + job.id,
                                                                    "Server-Timing": timing, **NO_STORE})
 
     @router.get("/v1/videos", summary="List videos")
@@ -235,7 +249,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
         path = content_path(job)
         if variant == "thumbnail":
             return FileResponse(video_files.thumbnail(path), media_type="image/png", headers=NO_STORE)
-        return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4", headers=NO_STORE)
+        return MediaFileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4", headers=NO_STORE)
 
     @router.get("/v1/models", summary="The model this server runs")
     def models():
@@ -274,6 +288,8 @@ def _param_of(message: str) -> str | None:
     """The Videos API field a config refusal is about (a budget refusal is about several)."""
     if "budget" in message:
         return None
+    if "chunk prompt" in message or message.startswith("chunk_prompts"):
+        return "chunk_prompts"
     if "step" in message:
         return "num_inference_steps"
     if "frames" in message or "chunk" in message:
@@ -291,8 +307,9 @@ def prepare_extension(source, folder, request_job, model: ModelLimits) -> int:
 
 
 def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict,
-                 budget: int | None = None) -> dict:
-    """The OpenAI video object of a job, with magi1's own fields under "magi1"."""
+                 budget: int | None = None, default_size: str | None = None) -> dict:
+    """The OpenAI video object of a job, with magi1's own fields under "magi1". default_size: the model's
+    configured "WxH", which a job made without a size (through /v1/jobs) is made at."""
     request = record["request"]
     meta = request.get("video_api") or {}
     state = record["state"]
@@ -303,7 +320,10 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
     elif state == "cancelled":
         error = {"code": "cancelled", "message": "the video was cancelled"
                  + (f" after {record['chunks_ready']} chunk(s); those are kept" if record["has_video"] else "")}
-    size = meta.get("size") or (f"{request['width']}x{request['height']}" if request.get("width") else None)
+    size = meta.get("size")
+    if not size and (request.get("width") or request.get("height") or default_size):
+        default_w, _, default_h = (default_size or "x").partition("x")
+        size = f"{request.get('width') or default_w}x{request.get('height') or default_h}"
     seconds = meta.get("seconds")
     fps = record["fps"]
     if record["has_video"] and fps and job.video_path.is_file():
