@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# magi1's own cache (CPU path decisions, fitted preview maps) lives in this session's temp folder, shared by the
+# subprocesses tests start, so the suite neither reads nor writes the user's ~/.cache/magi1.
+os.environ["MAGI1_CACHE"] = tempfile.mkdtemp(prefix="magi1-test-cache-")
 
 
 @pytest.fixture(scope="session", autouse=True)

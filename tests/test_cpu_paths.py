@@ -80,10 +80,45 @@ def test_fp32_island_decision(half, probe, want):
 
 
 @pytest.fixture
-def fresh_decisions():
+def fresh_decisions(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAGI1_CACHE", str(tmp_path / "cache"))  # no decision remembered from another test
     cpu_paths.reset()
     yield
     cpu_paths.reset()
+
+
+def test_a_probed_decision_is_kept_for_the_next_run_on_this_machine(monkeypatch, caplog, fresh_decisions):
+    """A probe near its margin must not flip between runs: the second process reuses the first one's choice
+    (another choice rounds differently: another video for the same seed, a resume matching neither run)."""
+    monkeypatch.setattr(cpu_paths, "read_cpu_report", lambda: read_cpu_report(XEON_AMX))
+    monkeypatch.delenv("MAGI1_HALF_MATH", raising=False)
+    monkeypatch.delenv("MAGI1_FP32_ISLANDS", raising=False)
+    monkeypatch.setattr(cpu_paths, "probe_half_gemm", lambda *a, **k: GemmProbe(2.0 * TFLOP, 0.4 * TFLOP))
+    monkeypatch.setattr(cpu_paths, "probe_bf16_input_gemm", lambda: GemmProbe(0.25 * TFLOP, 0.2 * TFLOP, exact=True))
+    assert cpu_paths.fp32_islands_path().choice == "bf16-inputs"  # 1.25x: just past the margin
+    cpu_paths.reset()  # a new process; this time the busy machine measures the other way
+    monkeypatch.setattr(cpu_paths, "probe_bf16_input_gemm", lambda: GemmProbe(0.21 * TFLOP, 0.2 * TFLOP, exact=True))
+    monkeypatch.setattr(cpu_paths, "probe_half_gemm", lambda *a, **k: pytest.fail("remembered: no probe"))
+    with caplog.at_level(logging.INFO, logger="magi1.ops.cpu_paths"):
+        again = cpu_paths.fp32_islands_path()
+    assert again.choice == "bf16-inputs" and "earlier run on this machine" in again.reason
+    assert "earlier run on this machine" in caplog.text
+    # Capping oneDNN's ISA changes the kernels, so it is another machine as far as the choice goes.
+    cpu_paths.reset()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    monkeypatch.setattr(cpu_paths, "probe_half_gemm", lambda *a, **k: GemmProbe(0.23 * TFLOP, 0.44 * TFLOP))
+    assert cpu_paths.half_path(torch.bfloat16).choice == "fp32"
+    assert cpu_paths.fp32_islands_path().choice == "fp32"
+
+
+def test_an_unwritable_cache_only_means_deciding_afresh(monkeypatch, tmp_path, fresh_decisions):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MAGI1_CACHE", str(blocker / "cache"))  # below a file: cannot be created
+    monkeypatch.setattr(cpu_paths, "read_cpu_report", lambda: read_cpu_report(XEON_AMX))
+    monkeypatch.delenv("MAGI1_HALF_MATH", raising=False)
+    monkeypatch.setattr(cpu_paths, "probe_half_gemm", lambda *a, **k: GemmProbe(2.0 * TFLOP, 0.4 * TFLOP))
+    assert cpu_paths.half_path(torch.bfloat16).choice == "native"
 
 
 def test_decided_once_from_report_and_probe_and_logged_once(monkeypatch, caplog, fresh_decisions):

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .arg_types import non_negative_float, positive_float, positive_int
+
 logger = logging.getLogger("magi1")
 
 DEFAULT_PROMPT = "a red ball and a blue square fall and bounce on the floor"
@@ -258,22 +260,22 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--results_dir", default=None,
                    help="where jobs and videos are kept, and interrupted jobs resume from (default: a temp folder); "
                         "one server per folder")
-    p.add_argument("--max_job_cost", type=_positive_int, default=None,
+    p.add_argument("--max_job_cost", type=positive_int, default=None,
                    help="per-job budget in pixel-steps, frames x height x width x steps (default: 8x the config's "
                         "default job)")
-    p.add_argument("--max_jobs_per_client", type=_positive_int, default=None,
+    p.add_argument("--max_jobs_per_client", type=positive_int, default=None,
                    help="unfinished jobs one client (one API key) may have at a time (default 8)")
-    p.add_argument("--result_ttl_hours", type=_positive_float, default=None,
+    p.add_argument("--result_ttl_hours", type=positive_float, default=None,
                    help="finished jobs are deleted this long after they finish (default 24)")
-    p.add_argument("--max_results_gb", type=_positive_float, default=None,
+    p.add_argument("--max_results_gb", type=positive_float, default=None,
                    help="oldest finished jobs are deleted while all results take more than this (default 10)")
-    p.add_argument("--min_free_disk_gb", type=_non_negative_float, default=None,
+    p.add_argument("--min_free_disk_gb", type=non_negative_float, default=None,
                    help="new jobs are refused (507) while the disk has less free space than this (default 1)")
-    p.add_argument("--header_timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--header_timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="a request's headers must arrive within this (default 10)")
-    p.add_argument("--body_timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--body_timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="a request's body must arrive within this (default 120)")
-    p.add_argument("--keep_alive_timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--keep_alive_timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="idle keep-alive connections are closed after this (default 5)")
     p.add_argument("--pipeline", default=None, metavar="MODULE:CALLABLE",
                    help="serve your own pipeline: CALLABLE(config) returns an object with MagiPipeline's stream()")
@@ -294,27 +296,6 @@ def run_serve(args) -> int:
         raise UsageError(f"magi1 serve needs the server extra ({', '.join(missing)} not installed): "
                          f"pip install 'magi1[serve]'")
     return _delegate("magi1.server.serve_command", "main_serve", args)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def add_train_parser(subparsers) -> None:
@@ -338,8 +319,11 @@ def add_make_tiny_parser(subparsers) -> None:
 
 
 def run_make_tiny(args) -> int:
+    from .errors import InputError
     from .testing import make_tiny_model_folder
 
+    if Path(args.folder).exists() and not Path(args.folder).is_dir():
+        raise InputError(f"{args.folder} is a file; make-tiny writes a folder (config.json, dit/, vae/, t5/)")
     path = make_tiny_model_folder(args.folder, seed=args.seed)
     print(f"wrote {path} (random weights: its videos are noise; for checking that every code path runs)")
     return 0
@@ -385,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"train": ("magi1.train.cli", "main_train"), "eval": ("magi1.eval.cli", "main_eval")}
 
 
+def _silence_library_progress_bars() -> None:
+    """--quiet: the bars transformers ("Loading weights", "Writing model shards") and huggingface_hub draw too."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bars()
+        disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -396,14 +392,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if getattr(args, "quiet", False):
+        _silence_library_progress_bars()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.func(args)
+        with logging_redirect_tqdm():  # a log line during a progress bar prints above it, not glued to its end
+            return args.func(args)
     except UsageError as err:
         print(f"magi1 {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted_message(args, argv), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `magi1 plan ... | head`: the reader has what it wanted
+        # Python would report the pipe again when it flushes stdout at exit; point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except Exception as err:  # a clear one-line message for the errors we raise on purpose
         from .errors import is_user_facing
 

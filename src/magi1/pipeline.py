@@ -72,7 +72,8 @@ class GenerationReport:
     def summary(self) -> str:
         first = "n/a" if self.seconds_to_first_chunk is None else f"{self.seconds_to_first_chunk:.1f}s"
         resumed = f", {self.resumed_chunks} resumed" if self.resumed_chunks else ""
-        return (f"wrote {self.path}: {self.num_frames} frames in {self.num_chunks} chunks{resumed}; "
+        chunks = f"{self.num_chunks} chunk{'' if self.num_chunks == 1 else 's'}"
+        return (f"wrote {self.path}: {self.num_frames} frames in {chunks}{resumed}; "
                 f"first chunk after {first}, total {self.seconds_total:.1f}s")
 
 

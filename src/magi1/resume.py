@@ -36,12 +36,19 @@ class ResumeState:
 
     @classmethod
     def load(cls, path: str | Path) -> "ResumeState":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            return cls(meta["fingerprint"], int(meta["next_step"]), int(meta["finished_chunks"]),
-                       f.get_tensor("latent"))
+        from .errors import InputError
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                return cls(meta["fingerprint"], int(meta["next_step"]), int(meta["finished_chunks"]),
+                           f.get_tensor("latent"))
+        except (SafetensorError, OSError, KeyError, ValueError) as err:
+            # cut short by a full disk, or not ours: one sentence, not a safetensors traceback
+            raise InputError(f"the saved resume state {path} cannot be read ({type(err).__name__}: "
+                             f"{str(err)[:120]}); delete it and run without --resume to start over") from None
 
 
 def run_fingerprint(config, *tensors, extra: str = "") -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arg_types import non_negative_int, positive_int
+
 
 def contact_sheet(frames, every: int = 6, columns: int = 16, gap: int = 0) -> np.ndarray:
     """uint8 (T, H, W, 3) → one uint8 image: every `every`-th frame, `columns` per row, `gap` white pixels apart."""
@@ -49,10 +51,10 @@ def add_contact_sheet_parser(subparsers) -> None:
     p = subparsers.add_parser("contact-sheet", help="tile a video's frames into one PNG (see a video at a glance)")
     p.add_argument("video", help="input video (mp4, ...)")
     p.add_argument("output", help="PNG to write")
-    p.add_argument("--every", type=int, default=6, help="keep every n-th frame")
-    p.add_argument("--columns", type=int, default=8, help="frames per row")
-    p.add_argument("--gap", type=int, default=2, help="white pixels between frames")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the sheet n times (nearest neighbour)")
+    p.add_argument("--every", type=positive_int, default=6, help="keep every n-th frame")
+    p.add_argument("--columns", type=positive_int, default=8, help="frames per row")
+    p.add_argument("--gap", type=non_negative_int, default=2, help="white pixels between frames")
+    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the sheet n times (nearest neighbour)")
     p.set_defaults(func=run_contact_sheet)
 
 
@@ -61,7 +63,12 @@ def run_contact_sheet(args: argparse.Namespace) -> int:
 
     if not Path(args.video).is_file():
         raise InputError(f"no video at {args.video}")
-    path = video_contact_sheet(args.video, args.output, every=args.every, columns=args.columns, gap=args.gap,
-                               scale=args.scale)
+    if Path(args.output).suffix.lower() != ".png":
+        raise InputError(f"the contact sheet is a PNG: give an output name ending in .png, got {args.output}")
+    try:
+        path = video_contact_sheet(args.video, args.output, every=args.every, columns=args.columns, gap=args.gap,
+                                   scale=args.scale)
+    except ValueError as err:  # load_video's "cannot read X as a video: ..."
+        raise InputError(str(err)) from None
     print(f"wrote {path}")
     return 0

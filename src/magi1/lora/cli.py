@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..arg_types import non_negative_float, non_negative_int, positive_float, positive_int
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -41,22 +42,22 @@ def add_lora_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="folder of videos / images with same-name .txt captions")
     p.add_argument("--out", required=True, help="folder the LoRA (and the run's state, cache, samples) goes into")
     g = p.add_argument_group("adapters")
-    g.add_argument("--rank", type=int, default=16)
-    g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    g.add_argument("--rank", type=positive_int, default=16)
+    g.add_argument("--alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    g.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout on the adapters' input")
     g.add_argument("--target_modules", default="attn,mlp",
                    help="groups attn, mlp, adaln and/or DiT linear names, comma separated (default attn,mlp)")
     g.add_argument("--full", action="store_true", help="fine-tune every DiT weight instead of adapters")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 LoRA, 1e-5 --full)")
-    g.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default 5%% of --steps)")
-    g.add_argument("--weight_decay", type=float, default=None, help="AdamW decay (default 0 LoRA, 0.01 --full)")
-    g.add_argument("--grad_clip", type=float, default=1.0)
+    g.add_argument("--steps", type=positive_int, default=1000)
+    g.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 1e-4 LoRA, 1e-5 --full)")
+    g.add_argument("--warmup", type=non_negative_int, default=None, help="linear warm-up steps (default 5%% of --steps)")
+    g.add_argument("--weight_decay", type=non_negative_float, default=None, help="AdamW decay (default 0 LoRA, 0.01 --full)")
+    g.add_argument("--grad_clip", type=positive_float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--tokens_per_step", type=int, default=0,
+    g.add_argument("--tokens_per_step", type=non_negative_int, default=0,
                    help="clips per micro-batch: as many as fit this many tokens (default 0: one clip)")
-    g.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--grad_accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--task_mix", default="0.5,0.25,0.25", help="t2v,i2v,continuation shares (by clean chunks)")
     g.add_argument("--caption_dropout", type=float, default=0.1, help="share of samples trained without caption")
     g.add_argument("--no_gradient_checkpointing", action="store_true")

@@ -128,11 +128,19 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb":
 
 
 def parse_memory(text: str) -> int:
-    """'12GB', '12 GiB', '800MB', '1.5g', '123456' -> bytes (binary units: a GB here is a GiB)."""
+    """'12GB', '12 GiB', '800MB', '1.5g', '123456B' -> bytes (binary units: a GB here is a GiB).
+
+    A unit is required: a bare "12" is far more often 12 GB meant than 12 bytes, so it is refused, not guessed.
+    """
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as an amount of memory; write e.g. 12GB or 800MB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if not match.group(2):
+        raise InputError(f"memory {text!r} needs a unit: write e.g. {match.group(1)}GB or {match.group(1)}MB")
+    amount = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if amount <= 0:
+        raise InputError(f"memory {text!r} is no memory at all; give the free amount, e.g. 12GB")
+    return amount
 
 
 def uses_fp8(config: MagiConfig, weights: str = "auto") -> bool:

@@ -216,6 +216,18 @@ def _env(name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _remembered(what: str, report: CpuReport, decide: Callable[[], tuple[str, str]]) -> Decision:
+    """decide()'s Decision, or the one an earlier run on this machine took (cpu_path_memory: a probe near its
+    margin must not give another video for the same seed on the next run)."""
+    from . import cpu_path_memory
+
+    key = cpu_path_memory.machine_key(report.model, report.flags, report.capability, what)
+    choice, reason, remembered = cpu_path_memory.recall_or_decide(key, decide)
+    if remembered:
+        reason += f"; as decided on an earlier run on this machine (kept in {cpu_path_memory.cache_file()})"
+    return Decision(choice, reason)
+
+
 def half_path(dtype: torch.dtype, override: str | None = None) -> Decision:
     """The process's decision for CPU half GEMMs of `dtype` (probed and logged on first use)."""
     if override in ("native", "fp32"):
@@ -227,7 +239,13 @@ def half_path(dtype: torch.dtype, override: str | None = None) -> Decision:
         decision = _half.get(dtype)
         if decision is None:
             report = cpu_report()
-            decision = decide_half_path(dtype, report, probe_half_gemm(dtype))
+            name = str(dtype).replace("torch.", "")
+
+            def decide() -> tuple[str, str]:
+                fresh = decide_half_path(dtype, report, probe_half_gemm(dtype))
+                return fresh.choice, fresh.reason
+
+            decision = _remembered(f"half-{name}", report, decide)
             _half[dtype] = decision
             logger.info("magi1: CPU %s GEMMs run %s (%s)", str(dtype).replace("torch.", ""),
                         "natively" if decision.choice == "native" else "as float32 GEMMs on widened values",
@@ -244,10 +262,14 @@ def fp32_islands_path() -> Decision:
         if _islands is None:
             override = _env("MAGI1_FP32_ISLANDS", ("auto", "fp32", "bf16-inputs"))
             half = half_path(torch.bfloat16, override=_env("MAGI1_HALF_MATH", ("auto", "native", "fp32")))
-            probe = None
             if override == "auto" and half.choice == "native":
-                probe = probe_bf16_input_gemm()
-            _islands = decide_fp32_islands(half.choice, probe, override)
+                def decide() -> tuple[str, str]:
+                    fresh = decide_fp32_islands(half.choice, probe_bf16_input_gemm(), override)
+                    return fresh.choice, fresh.reason
+
+                _islands = _remembered("fp32-islands", cpu_report(), decide)
+            else:
+                _islands = decide_fp32_islands(half.choice, None, override)
             logger.info("magi1: float32 islands on bf16 values (linear_proj) run as %s (%s)",
                         "bf16-input GEMMs" if _islands.choice == "bf16-inputs" else "float32 GEMMs", _islands.reason)
         return _islands
