@@ -37,7 +37,12 @@ def add_generate_parser(subparsers) -> None:
                    help="t2v, i2v (needs --image_path) or v2v (needs --prefix_video_path); inferred when omitted")
     p.add_argument("--prompt", default=None, help=f"text prompt (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--image_path", default=None, help="conditioning image for i2v")
-    p.add_argument("--prefix_video_path", default=None, help="video to continue for v2v")
+    p.add_argument("--prefix_video_path", default=None,
+                   help="video to continue for v2v: its first 32 frames at the model's fps and size, as the "
+                        "official code takes them (--prefix_from end: its last 32); the output holds only the "
+                        "new frames")
+    p.add_argument("--prefix_from", choices=["start", "end"], default="start",
+                   help="which 32 frames of --prefix_video_path to continue (default start, as the official code)")
     p.add_argument("--output_path", default="output.mp4", help="the mp4 to write")
     # Overrides.
     p.add_argument("--chunk_prompt", action="append", default=[], metavar="CHUNK:PROMPT",
@@ -87,6 +92,9 @@ def parse_chunk_prompts(items: list[str]) -> dict[int, str]:
         head, sep, text = item.partition(":")
         if not sep or not head.strip().isdigit() or not text.strip():
             raise UsageError(f"--chunk_prompt {item!r} must look like CHUNK:PROMPT, e.g. '2:a blue ball falls'")
+        if int(head) in schedule:
+            raise UsageError(f"--chunk_prompt gives chunk {int(head)} twice ({schedule[int(head)]!r} and "
+                             f"{text.strip()!r}); give each chunk one prompt")
         schedule[int(head)] = text.strip()
     return schedule
 
@@ -145,7 +153,8 @@ def validate_generate_args(args):
         checked = check_run(config, mode=mode, prompt=args.prompt or DEFAULT_PROMPT, chunk_prompts=chunk_prompts,
                             image=args.image_path, video=args.prefix_video_path, num_frames=args.num_frames,
                             height=args.height, width=args.width, num_inference_steps=args.steps, seed=args.seed,
-                            keep_aspect=args.keep_aspect, output_path=args.output_path, resume=args.resume)
+                            keep_aspect=args.keep_aspect, output_path=args.output_path, resume=args.resume,
+                            prefix_from=args.prefix_from)
     except InputError as err:
         raise UsageError(_flag_names(str(err))) from None
     args.checked_image, args.checked_video = checked.image, checked.video

@@ -95,8 +95,15 @@ class HubVariant:
         return {"DiT": self.weight_folder, "VAE": VAE_FOLDER, "T5": T5_FOLDER}
 
 
-def download_command(variant: str, local_dir: str | Path | None = None) -> str:
-    return f"magi1 download {variant}" + (f" --dir {local_dir}" if local_dir is not None else "")
+def download_command(variant: str, local_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> str:
+    """The command that fetches `variant` to where it was looked for."""
+    command = f"magi1 download {variant}" + (f" --dir {local_dir}" if local_dir is not None else "")
+    return command + (f" --cache_dir {cache_dir}" if cache_dir is not None and local_dir is None else "")
+
+
+def _run_hint(command: str) -> str:
+    """'run `COMMAND`', saying it needs the network when HF_HUB_OFFLINE is what made the lookup local."""
+    return f"run `{command}`" + (" with network access (HF_HUB_OFFLINE is set)" if _offline_requested(False) else "")
 
 
 def is_repo_id(value: str) -> bool:
@@ -119,11 +126,12 @@ def locate(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | None
     if local_dir is not None:
         root = Path(local_dir).expanduser()
         if not root.is_dir():
-            raise MissingWeightsError(f"{root} does not exist; run `{download_command(variant, local_dir)}`")
+            raise MissingWeightsError(f"{root} does not exist; {_run_hint(download_command(variant, local_dir))}")
     else:
         root = _cached_snapshot(repo_id, spec.allow_patterns, cache_dir, revision,
                                 f"the weights of {variant} are not in the Hugging Face cache "
-                                f"({_cache_location(cache_dir)}); run `{download_command(variant)}`")
+                                f"({_cache_location(cache_dir)}); "
+                                f"{_run_hint(download_command(variant, cache_dir=cache_dir))}")
     verify(root, spec, repo_id=repo_id, cache_dir=cache_dir, local_dir=local_dir, revision=revision)
     return root
 
@@ -203,9 +211,9 @@ def verify(root: str | Path, spec: HubVariant, *, repo_id: str = REPO_ID, cache_
     problems = list(_problems(root, spec, sizes))
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        offline = " with network access (HF_HUB_OFFLINE is set)" if _offline_requested(False) else ""
-        raise MissingWeightsError(f"{spec.name} is incomplete in {root}: {shown}. "
-                                  f"Run `{download_command(spec.name, local_dir)}`{offline} to fetch what is missing")
+        command = download_command(spec.name, local_dir, cache_dir)
+        raise MissingWeightsError(f"{spec.name} is incomplete in {root}: {shown}. To fetch what is missing, "
+                                  f"{_run_hint(command)}")
 
 
 def _problems(root: Path, spec: HubVariant, sizes: dict[str, int]) -> Iterable[str]:

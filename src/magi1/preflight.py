@@ -46,11 +46,13 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
               video: Any = None, prefix_latents: Any = None, prompt_embeds: Any = None, num_frames: Any = None,
               height: Any = None, width: Any = None, num_inference_steps: Any = None, seed: Any = None,
               keep_aspect: bool = False, output_path: str | os.PathLike | None = None, resume: bool = False,
-              max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> CheckedRun:
+              max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, prefix_from: str = "start") -> CheckedRun:
     """Refuse what cannot run (InputError, one sentence); return the per-call config and the loaded inputs.
 
     image / video may be paths or arrays (a numpy video of any size is resized as a file would be);
     prefix_latents stand in for either. The image or video is decoded here, so a broken file fails now.
+    prefix_from: which PREFIX_FRAMES of a video file v2v continues: "start" (the official choice: its first
+    frames) or "end" (its last frames, to continue where the clip ends).
     """
     mode = _mode(mode, image, video, prefix_latents)
     if prompt_embeds is None and prompt is None and not _has_chunk_zero(chunk_prompts):
@@ -71,7 +73,7 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
         checked.prefix_latent_frames = 1
     elif mode == "v2v":
         checked.video = load_checked_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect,
-                                           max_input_pixels)
+                                           max_input_pixels, prefix_from=prefix_from)
         checked.prefix_latent_frames = _encoded_frames(checked.video, r.fps)
 
     from .sampling.chunk_plan import chunk_counts
@@ -80,7 +82,7 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
                                                               r.chunk_width, r.temporal_downsample_factor)
     if checked.num_generated < 1:
         per_latent = r.temporal_downsample_factor
-        raise InputError(f"{r.num_frames} frame{'s' if r.num_frames != 1 else ''} give no chunk to generate "
+        raise InputError(f"{r.num_frames} frame{'s give' if r.num_frames != 1 else ' gives'} no chunk to generate "
                          f"(one latent frame is {per_latent} frames); ask for at least {per_latent} frames")
     _check_memory(checked.total_chunks * r.chunk_width, config)
     _check_chunk_prompts(chunk_prompts, checked.num_generated)
@@ -199,9 +201,18 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
         raise InputError(f"the image cannot be used: {err}") from None
 
 
+# The official v2v prefix: the first 32 frames of the clip, resampled to the model's fps (prefix_frame=32).
+PREFIX_FRAMES = 32
+
+
 def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspect: bool = False,
-                       max_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
-    """The v2v prefix as uint8 (T, height, width, 3), resized the same way whether a file or an array."""
+                       max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, *, prefix_from: str = "start"):
+    """The v2v prefix as uint8 (T, height, width, 3), resized the same way whether a file or an array.
+
+    From a file: its first PREFIX_FRAMES frames at `fps` (official), or with prefix_from="end" its last ones.
+    """
+    if prefix_from not in ("start", "end"):
+        raise InputError(f"prefix_from must be start or end, got {prefix_from!r}")
     import numpy as np
 
     from .io.video import is_still_image, load_video, probe_video, resize_frames
@@ -224,7 +235,9 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
             raise InputError(f"{path} has {info.width}x{info.height} frames, more than the {max_pixels} pixels "
                              f"an input frame may have")
         try:
-            return load_video(path, height, width, fps, keep_aspect=keep_aspect)
+            if prefix_from == "end":  # the whole clip at the model's size, then its last frames
+                return load_video(path, height, width, fps, max_frames=None, keep_aspect=keep_aspect)[-PREFIX_FRAMES:]
+            return load_video(path, height, width, fps, max_frames=PREFIX_FRAMES, keep_aspect=keep_aspect)
         except (ValueError, OSError) as err:
             raise InputError(f"{path} cannot be read as a video: {err}") from None
     if not isinstance(source, np.ndarray):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_eval(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: magi1 eval physics|quality|prompts [options]   (magi1 eval physics -h for the options)")
+        usage = "usage: magi1 eval physics|quality|prompts [options]   (magi1 eval physics -h for the options)"
+        if not argv:  # no subcommand is a usage error (exit 2), as for `magi1` and `magi1 train`
+            print(usage, file=sys.stderr)
+            return 2
+        print(usage)
         return 0
     if argv[0] == "quality":
         from .quality import main_quality

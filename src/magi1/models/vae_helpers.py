@@ -32,6 +32,8 @@ def unit_range_to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 def _as_uint8_tensor(frames, what: str) -> torch.Tensor:
     if isinstance(frames, np.ndarray):
+        if not frames.flags.writeable:  # e.g. a view of a PIL image; torch warns on read-only memory
+            frames = frames.copy()
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"{what} must be a torch tensor or numpy array, got {type(frames).__name__}")

@@ -159,8 +159,8 @@ def run_enhance(args) -> int:
         result = enhancer.enhance(args.prompt, **inputs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    elif result.chunk_prompts:
-        for chunk, caption in sorted(result.chunk_prompts.items()):
+    elif result.chunk_prompts or story_mode:  # story mode always prints CHUNK:PROMPT lines, one shot included
+        for chunk, caption in sorted((result.chunk_prompts or {0: result.prompt}).items()):
             print(f"{chunk}:{caption}")
     else:
         print(result.prompt)
