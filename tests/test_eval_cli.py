@@ -17,3 +17,14 @@ def test_eval_physics_prints_model_and_baselines(tiny_model, tmp_path, capsys):
 
 def test_eval_unknown_kind():
     assert main_eval(["vbench"]) == 2
+
+
+def test_eval_prompts_runs_every_prompt_at_the_seed_given(tiny_model, capsys):
+    code = main_eval(["prompts", "--config_file", str(tiny_model), "--prompts", "a red ball", "a blue square",
+                      "--seed", "5", "--num_frames", "24", "--device", "cpu"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a ")]
+    assert code == 0 and len(rows) == 2 and all(row.split(" | ")[1] == "5" for row in rows), rows
+
+
+def test_eval_without_a_kind_is_a_usage_error(capsys):
+    assert main_eval([]) == 2 and "usage: magi1 eval" in capsys.readouterr().err

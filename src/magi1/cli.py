@@ -158,6 +158,12 @@ def validate_generate_args(args):
     except InputError as err:
         raise UsageError(_flag_names(str(err))) from None
     args.checked_image, args.checked_video = checked.image, checked.video
+    from .resume import resume_state_path
+
+    if not args.resume and resume_state_path(args.output_path).is_file():
+        logger.warning("magi1: %s holds an interrupted run (saved state %s); this run starts over and replaces "
+                       "it; stop now and add --resume to continue that one instead", args.output_path,
+                       resume_state_path(args.output_path).name)
     from .lora.pipeline_api import check_lora_options
 
     check_lora_options(args, config)

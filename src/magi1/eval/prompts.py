@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # (prompt, seed): the README's examples first (with the seeds it gives), then what newcomers type.
 README_PROMPTS = (
-    ("a red ball and a blue square fall and bounce on the floor", 1234),  # `magi1 generate` with no --prompt
+    ("a red ball and a blue square fall and bounce on the floor", 0),  # `magi1 generate` with no --prompt or --seed
     ("a green ball falls and bounces", 7),
     ("a red ball bounces", 1),
     ("a red ball falls and bounces on the floor", 0),
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
     p.add_argument("--prompts", nargs="+", default=None,
                    help="prompts to try (seed 0); default: the README's examples and newcomer phrasings")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run every prompt at this seed (default: the seed listed with each prompt)")
     p.add_argument("--num_frames", type=int, default=96)
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the config's)")
     p.add_argument("--threshold", type=float, default=0.9, help="share of frames a prompt must show")
@@ -106,6 +108,8 @@ def evaluate_prompts(args) -> list[PromptResult]:
     from .quality import save_sheet
 
     cases = [(p, 0) for p in args.prompts] if args.prompts else list(README_PROMPTS + NEWCOMER_PROMPTS)
+    if args.seed is not None:
+        cases = [(prompt, args.seed) for prompt, _ in cases]
     pipe = MagiPipeline.from_pretrained(args.config_file, device=args.device)
     results = []
     for k, (prompt, seed) in enumerate(cases):
