@@ -224,3 +224,29 @@ def test_generate_to_file_refuses_a_bad_output_path_before_any_work(tiny_pipelin
         tiny_pipeline.generate_to_file(tmp_path / name, prompt="a red ball bounces", seed=1, num_frames=24,
                                        progress=False, callback=lambda event: steps.append(event))
     assert steps == [] and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_python_api_mistakes_found_by_trying_them_are_one_input_error(tiny_pipeline):
+    """Each of these ended in a ConfigError, a torch AssertionError or a silent wrong run before."""
+    import numpy as np
+    import torch
+
+    from magi1.errors import InputError
+
+    cases = [
+        (dict(height=72), "height must be a positive multiple of 16"),
+        (dict(num_frames=0), "num_frames must be at least 1"),
+        (dict(num_inference_steps=7), "num_steps (7) must be divisible"),
+        (dict(seed=1.5), "seed must be a whole number"),
+        (dict(chunk_prompts="a blue square", num_frames=48), "not a string"),
+        (dict(chunk_prompts=["a", "b", "c"], num_frames=24), "lists 3 prompts"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=re.escape(message)):
+            tiny_pipeline("a ball", output_type="latent", **kwargs)
+    assert tiny_pipeline("a ball", num_frames=np.int64(24), output_type="latent").latents.shape[2] == 6
+    with pytest.raises(InputError, match="floating-point"):
+        tiny_pipeline.to(torch.int8)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            tiny_pipeline.to(torch.device("cuda"))

@@ -207,10 +207,13 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
     def settings_for(self, *, height=None, width=None, num_frames=None, num_inference_steps=None,
                      seed=None, guidance_scale=None, prev_chunk_guidance_scale=None) -> tuple[MagiConfig, RunSettings]:
         """A per-call config with the overrides applied and validated (sizes, step divisibility, guidance)."""
+        from .preflight import call_config
         from .sampling.guidance import guidance_overrides
 
-        overrides = {k: v for k, v in (("video_size_h", height), ("video_size_w", width), ("num_frames", num_frames),
-                                       ("num_steps", num_inference_steps), ("seed", seed)) if v is not None}
+        # sizes, frames, steps and seed: checked with the caller's names (InputError), not as config fields
+        config = call_config(self.config, num_frames=num_frames, height=height, width=width,
+                             num_inference_steps=num_inference_steps, seed=seed)
+        overrides = {}
         if guidance_scale is not None or prev_chunk_guidance_scale is not None:
             if self.config.runtime_config.cfg_number == 1:
                 raise InputError("this model is guidance-distilled (cfg_number 1): its guidance is trained in, so "
@@ -222,7 +225,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                     raise InputError(f"{name} must be a number >= 0, got {value!r}")
             overrides.update(guidance_overrides(self.config.runtime_config, guidance_scale,
                                                 prev_chunk_guidance_scale))
-        config = self.config.replace(**overrides) if overrides else self.config
+        config = config.replace(**overrides) if overrides else config
         r = config.runtime_config
         return config, RunSettings(r.video_size_h, r.video_size_w, r.num_frames, r.num_steps, r.seed)
 

@@ -95,11 +95,17 @@ def call_config(config, *, num_frames=None, height=None, width=None, num_inferen
     """The config with one call's size, frames, steps and seed, checked by the config's own rules."""
     from .config import ConfigError
 
+    import numbers
+
     values = {"num_frames": num_frames, "height": height, "width": width, "steps": num_inference_steps,
               "seed": seed}
     for name, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise InputError(f"{name} must be a whole number, got {value!r}")
+        if value is not None:
+            values[name] = int(value)  # numpy integers too
+    num_frames, height, width, num_inference_steps, seed = (values[k] for k in ("num_frames", "height", "width",
+                                                                                  "steps", "seed"))
     for name in ("num_frames", "steps"):
         if values[name] is not None and values[name] < 1:
             raise InputError(f"{name} must be at least 1, got {values[name]}")
@@ -320,7 +326,16 @@ def _has_chunk_zero(chunk_prompts: Any) -> bool:
 
 def _check_chunk_prompts(chunk_prompts: Any, generated: int) -> None:
     """A chunk prompt for a chunk the run never makes would be dropped without a word: refuse it."""
+    if chunk_prompts is None:
+        return
+    if isinstance(chunk_prompts, (str, bytes)):  # a list() of it would be one prompt per character
+        raise InputError("chunk_prompts must be a list (one prompt per chunk) or a dict {first chunk: prompt}, "
+                         "not a string; for one prompt for the whole video, pass prompt=")
     if not isinstance(chunk_prompts, Mapping):
+        listed = chunk_prompts if hasattr(chunk_prompts, "__len__") else ()  # an iterator is not consumed here
+        if len(listed) > generated:
+            raise InputError(f"chunk_prompts lists {len(listed)} prompts, but this run generates {generated} "
+                             f"chunk{'s' if generated != 1 else ''}; ask for more frames or give fewer prompts")
         return
     bad = [key for key in chunk_prompts if isinstance(key, bool) or not isinstance(key, int) or key < 0]
     if bad:

@@ -42,6 +42,8 @@ def parse_dtype(name):
     import torch
 
     if isinstance(name, torch.dtype):
+        if not name.is_floating_point:  # torch.int8 is refused like "int8", not deep in a load
+            raise InputError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {name}")
         return name
     return getattr(torch, canonical_dtype_name(name))
 
@@ -84,6 +86,7 @@ def pick_device(name=None):
     import torch
 
     if isinstance(name, torch.device):
+        check_device_name(str(name))  # torch.device("cuda") on a machine without CUDA: the same one sentence
         return name
     if name is None or name == "auto":
         return torch.device("cuda" if accelerator_available() else "cpu")
