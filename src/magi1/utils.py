@@ -47,5 +47,9 @@ def export_to_video(video_frames: Sequence | np.ndarray, output_video_path: str 
     if output_video_path is None:
         with tempfile.NamedTemporaryFile(suffix=".mp4", delete=False) as handle:
             output_video_path = handle.name
+    else:  # a folder, a missing folder or another extension: one InputError before any encoding
+        from .preflight import check_output_path
+
+        output_video_path = check_output_path(output_video_path)
     write_video(output_video_path, video_to_uint8(video_frames), fps=fps)
     return str(output_video_path)
