@@ -34,6 +34,17 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
+def openai_client(served, key: str = KEY_A):
+    """The unmodified `openai` client a user points at this server (its Videos API is marked deprecated)."""
+    import warnings
+
+    import openai
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,22 +7,19 @@ import asyncio
 import json
 import os
 import subprocess
-import warnings
 
 import httpx
 import openai
 import pytest
 
-from served_magi1 import KEY_A, KEY_B, STEPS, serve_command
+from served_magi1 import KEY_A, KEY_B, STEPS, openai_client, serve_command
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 websockets = pytest.importorskip("websockets")
 
 
 def client_for(server, key: str) -> openai.OpenAI:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    return openai_client(server, key)
 
 
 def test_a_wrong_or_missing_key_is_an_authentication_error(magi1_server):

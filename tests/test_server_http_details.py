@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import collections
 import struct
-import warnings
 import zlib
 
 import httpx
 import openai
 import pytest
 
-from served_magi1 import KEY_A, STEPS, decode_mp4
+from served_magi1 import KEY_A, STEPS, decode_mp4, openai_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
@@ -21,9 +20,7 @@ AUTH = {"Authorization": f"Bearer {KEY_A}"}
 
 @pytest.fixture(scope="module")
 def client(magi1_server):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return openai.OpenAI(base_url=magi1_server.url + "/v1", api_key=KEY_A, max_retries=0)
+    return openai_client(magi1_server)
 
 
 @pytest.fixture(scope="module")

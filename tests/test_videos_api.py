@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
-from served_magi1 import KEY_A, STEPS, decode_mp4, mean_abs, png_of
+from served_magi1 import KEY_A, STEPS, decode_mp4, mean_abs, openai_client, png_of
 
 # client.videos is marked deprecated (OpenAI's own Sora service closes); the client code is what we test.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -18,9 +17,7 @@ FAST = {"num_inference_steps": STEPS, "seed": 11}
 
 @pytest.fixture(scope="module")
 def client(magi1_server):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return openai.OpenAI(base_url=magi1_server.url + "/v1", api_key=KEY_A, max_retries=0)
+    return openai_client(magi1_server)
 
 
 @pytest.fixture(scope="module")
