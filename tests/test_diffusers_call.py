@@ -144,3 +144,13 @@ def test_wrong_argument_types_are_one_plain_error(tiny_pipeline, kwargs, message
     # says what was expected, not a TypeError from deep inside the tokenizer or torch.randn.
     with pytest.raises(InputError, match=re.escape(message)):
         tiny_pipeline(num_frames=24, progress=False, **kwargs)
+
+
+def test_a_callback_returning_the_wrong_thing_is_one_input_error(tiny_pipeline):
+    from magi1.errors import InputError
+
+    for wrong, message in ((lambda pipe, step, t, kw: kw["latents"], "must return callback_kwargs"),
+                           (lambda pipe, step, t, kw: {"latents": kw["latents"].numpy()}, "must be a torch tensor")):
+        with pytest.raises(InputError, match=message):
+            tiny_pipeline("a ball", num_frames=24, num_inference_steps=4, callback_on_step_end=wrong,
+                          output_type="latent")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,17 @@ class DiffusersConventions:
             if callback_on_step_end is None:
                 return None
             given = {"latents": latent} if "latents" in names else {}
-            returned = callback_on_step_end(self, step.index, t, given) or {}
-            return returned.get("latents")
+            returned = callback_on_step_end(self, step.index, t, given)
+            if returned is None:
+                return None
+            if not isinstance(returned, Mapping):  # e.g. the latents themselves: "ambiguous truth value" deep down
+                raise InputError(f"callback_on_step_end must return callback_kwargs (a dict, or None), got "
+                                 f"{type(returned).__name__}; return {{'latents': ...}} to replace the latents")
+            edited = returned.get("latents")
+            if edited is not None and not isinstance(edited, torch.Tensor):
+                raise InputError(f"callback_on_step_end returned latents as {type(edited).__name__}; they must "
+                                 f"be a torch tensor shaped like callback_kwargs['latents']")
+            return edited
 
         if progress is None:
             progress = not (self._progress_bar_config or {}).get("disable", False)
@@ -208,6 +218,13 @@ class DiffusersConventions:
 
         One colour per latent cell (4 frames x 8 x 8 pixels) from a linear map; costs nothing next to a step.
         """
+        channels = self.config.model_config.in_channels
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != channels:
+            shape = tuple(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
+            raise InputError(f"latents must be a torch tensor (videos, {channels}, latent frames, h, w), as the "
+                             f"callback's callback_kwargs['latents'] is; got {shape}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise InputError(f"scale must be a whole number >= 1 (pixels per latent cell side), got {scale!r}")
         return self.latent_preview(latents, scale=scale)
 
 
