@@ -270,6 +270,8 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch, as in magi1 generate (default: torch's own count)")
     p.add_argument("--special_tokens", default=None)
     p.add_argument("--max_queue", type=int, default=8)
     p.add_argument("--results_dir", default=None,

@@ -123,6 +123,9 @@ def main_serve(args) -> int:
         raise InputError(f"--host {args.host} reaches beyond this machine, so the server needs an API key: give "
                          f"--api_key KEY (repeatable) or set MAGI1_API_KEYS=KEY1,KEY2; clients then send "
                          f"Authorization: Bearer KEY")
+    from magi1.runtime import set_threads
+
+    set_threads(getattr(args, "threads", None))  # before the model loads and the worker starts
     temporary_dir = None
     if getattr(args, "results_dir", None):
         results_dir = Path(args.results_dir).expanduser().absolute()
