@@ -11,6 +11,7 @@ sentence a user can act on. Nothing here imports torch, except the v2v frame cou
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -94,8 +95,6 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
 def call_config(config, *, num_frames=None, height=None, width=None, num_inference_steps=None, seed=None):
     """The config with one call's size, frames, steps and seed, checked by the config's own rules."""
     from .config import ConfigError
-
-    import numbers
 
     values = {"num_frames": num_frames, "height": height, "width": width, "steps": num_inference_steps,
               "seed": seed}

@@ -29,7 +29,9 @@ ISA_CAP_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("MAGI1_CACHE", Path.home() / ".cache" / "magi1")).expanduser() / FILE_NAME
+    from ..preview import cache_folder  # magi1's one cache folder ($MAGI1_CACHE), shared with the preview maps
+
+    return cache_folder() / FILE_NAME
 
 
 def machine_key(model: str, flags: frozenset[str], capability: str, what: str) -> str:

@@ -24,10 +24,9 @@ CHECK_SIZE = 16
 class UploadRejected(ValueError):
     """An upload that cannot be used; `status` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 415, param: str | None = None):
+    def __init__(self, message: str, status: int = 415):
         super().__init__(message)
         self.status = status
-        self.param = param  # the request field that carried the upload, where the caller knows it
 
 
 @dataclass(frozen=True)

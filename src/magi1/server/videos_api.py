@@ -113,7 +113,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
             # 400, not 415, for a file that is no usable image or video: OpenAI clients map only 400 to their
             # BadRequestError (the job API keeps 415); 413 stays for files past a size limit.
             status = 400 if err.status == 415 else err.status
-            raise ApiError(status, str(err), param=err.param or upload_field, code="invalid_file") from None
+            raise ApiError(status, str(err), param=upload_field, code="invalid_file") from None
         finally:
             if staged.folder.exists():  # committed folders have been renamed away
                 store.discard(staged)
