@@ -29,6 +29,19 @@ def test_generate_t2v_writes_the_file(tiny_model, tmp_path, capsys):
     assert "first chunk after" in capsys.readouterr().out
 
 
+def test_a_huge_resume_state_is_announced_before_the_run(tiny_model, tmp_path, monkeypatch, caplog):
+    # --num_frames 1000000 on the demo saved a 1 GB state after every chunk without a word; the warning is
+    # tried here with a lower bar, so the run stays small.
+    import magi1.cli
+
+    argv = ["generate", "--config_file", str(tiny_model), "--prompt", "a red ball", "--num_frames", "48", "--quiet"]
+    assert main([*argv, "--output_path", str(tmp_path / "small.mp4")]) == 0
+    assert "resume state" not in caplog.text
+    monkeypatch.setattr(magi1.cli, "LARGE_RESUME_STATE_BYTES", 1)
+    assert main([*argv, "--output_path", str(tmp_path / "big.mp4")]) == 0
+    assert "--num_frames 48 is 0.0 hours of video in 2 chunks; the resume state kept beside the output is" in caplog.text
+
+
 def test_generate_i2v_with_chunk_prompts(tiny_model, tmp_path):
     image = tmp_path / "in.png"
     save_image(image, np.full((40, 50, 3), 128, np.uint8))

@@ -341,3 +341,17 @@ def test_hue_fraction_counts_the_new_colour_and_none_of_the_demo_palette():
     assert hue_fraction(np.array([[lighter]], np.uint8), "cyan") == 1.0
     frames, caption = concept_clip(500_000)
     assert "cyan" in caption and 0.0 < hue_fraction(frames, "cyan") < 0.5
+
+
+def test_unknown_adapter_targets_are_refused_before_any_work(tiny_model, tmp_path):
+    # `plan` used to plan "0.0 M params" for them, and `train lora` refused them only after encoding the cache.
+    plan = _run_magi1("plan", "--train", "lora", "--lora_targets", "bogus", cwd=tmp_path)
+    assert plan.returncode == 2 and "no linear of the DiT is named bogus" in plan.stderr, plan.stderr
+    assert "linear_fc1" in plan.stderr and "training memory plan" not in plan.stdout
+    data = tmp_path / "clips"
+    data.mkdir()
+    _write_clip(data, "clip0", 50, "a red square falls", seed=0)
+    train = _run_magi1("train", "lora", "--config_file", str(tiny_model), "--data", str(data), "--out",
+                       str(tmp_path / "lora"), "--target_modules", "attn,bogus", "--steps", "2", cwd=tmp_path)
+    assert train.returncode == 2 and "no linear of the DiT is named bogus" in train.stderr, train.stderr
+    assert not (tmp_path / "lora" / "cache").exists()

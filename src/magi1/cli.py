@@ -158,6 +158,7 @@ def validate_generate_args(args):
     except InputError as err:
         raise UsageError(_flag_names(str(err))) from None
     args.checked_image, args.checked_video = checked.image, checked.video
+    _warn_of_a_large_resume_state(checked)
     from .resume import resume_state_path
 
     if not args.resume and resume_state_path(args.output_path).is_file():
@@ -171,6 +172,22 @@ def validate_generate_args(args):
 
     check_generate_enhance_args(args)
     return mode, checked.config
+
+
+# Above this the resume state, rewritten after every chunk, costs seconds per chunk and as much disk.
+LARGE_RESUME_STATE_BYTES = 512 * 2**20
+
+
+def _warn_of_a_large_resume_state(checked) -> None:
+    """Say so when --num_frames asks for a video whose saved state (the whole latent video) is huge."""
+    config, r = checked.config, checked.config.runtime_config
+    h, w = config.latent_size
+    state = 4 * config.model_config.latent_channels * checked.total_chunks * r.chunk_width * h * w
+    if state > LARGE_RESUME_STATE_BYTES:
+        hours = r.num_frames / r.fps / 3600
+        logger.warning("magi1: --num_frames %d is %.1f hours of video in %d chunks; the resume state kept beside "
+                       "the output is %.1f GiB and is rewritten after every chunk", r.num_frames, hours,
+                       checked.num_generated, state / 2**30)
 
 
 def _usable_cpus() -> int:

@@ -188,10 +188,14 @@ def add_lora(model: nn.Module, settings: LoraSettings, adapter_name: str = "defa
 
 
 def _check_targets_exist(model: nn.Module, targets: list[str]) -> None:
-    names = [n for n, m in model.named_modules() if _is_adaptable(m)]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    refuse_missing_targets([n for n, m in model.named_modules() if _is_adaptable(m)], targets)
+
+
+def refuse_missing_targets(linear_names: Sequence[str], targets: list[str]) -> None:
+    """One sentence when a target names none of `linear_names` (the DiT's adaptable linears, full names)."""
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear_names)]
     if missing:
-        known = sorted({n.split(".", 3)[-1] for n in names if n.startswith("videodit_blocks.layers.")})
+        known = sorted({n.split(".", 3)[-1] for n in linear_names if n.startswith("videodit_blocks.layers.")})
         raise InputError(f"no linear of the DiT is named {', '.join(missing)}; adaptable names: "
                          f"{', '.join(known[:12])} (or the groups {', '.join(TARGET_GROUPS)})")
 

@@ -158,6 +158,9 @@ def validate_args(args):
     if not args.full:
         LoraSettings(rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                      targets=resolve_targets(args.target_modules)).validate()
+        from ..memory.training import check_targets_exist
+
+        check_targets_exist(config, args.target_modules)  # before the cache is encoded, not after
     parse_resolution(args.resolution, config)
     _task_mix(args)
     if args.dtype is not None:

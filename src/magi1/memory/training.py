@@ -117,8 +117,16 @@ def adapter_parameter_count(config: MagiConfig, rank: int, targets: str | list[s
     from ..lora.adapters import resolve_targets
 
     names = resolve_targets(targets)
+    check_targets_exist(config, names)
     return sum(rank * (n_in + n_out) for name, n_in, n_out in _inventory(config)[1]
                if any(name == t or name.endswith("." + t) for t in names))
+
+
+def check_targets_exist(config: MagiConfig, targets: str | list[str] | None) -> None:
+    """Refuse adapter targets that name no linear of this config's DiT (built on the meta device, no weights)."""
+    from ..lora.adapters import refuse_missing_targets, resolve_targets
+
+    refuse_missing_targets([name for name, _, _ in _inventory(config)[1]], resolve_targets(targets))
 
 
 # ---------------------------------------------------------------------------------------------- activations
