@@ -2,22 +2,24 @@
 
 An extension (POST /v1/videos/extensions) continues a video: the job conditions on the video's last
 EXTENSION_CONTEXT_FRAMES frames (v2v) and, once done, its content is the whole video followed by the
-continuation ("stitched", as OpenAI's extensions are), built once on first download.
+continuation ("stitched", as OpenAI's extensions are), built once on first download without re-encoding
+the source where its encoding allows (stitching.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from .openai_errors import ApiError, invalid
 from .settings import ServerSettings
+from .stitching import faithful_copy, stitch
 from .uploads import check_upload
 from .video_request import EXTENSION_CONTEXT_FRAMES
 
@@ -96,13 +98,18 @@ def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: 
                       frames_per_chunk: int) -> int:
     """Write the job's conditioning (input.mp4: the source's last frames) and its source.mp4; frames of the source.
 
+    source.mp4 is the source file itself where it already is the video at the extension's size and fps (then
+    the stitched video copies its packets: stitching.py), else the source re-encoded at that size and fps.
     The context is whole chunks (the most within EXTENSION_CONTEXT_FRAMES): a prefix that ends inside a chunk
     would make the continuation longer than the seconds asked for.
     """
     from magi1.io.video import load_video, write_video
 
     frames = load_video(source, height, width, fps, max_frames=None, keep_aspect=keep_aspect)
-    write_video(folder / SOURCE_FILE, frames, fps)
+    if faithful_copy(source, frames, fps):
+        shutil.copyfile(source, folder / SOURCE_FILE)
+    else:
+        write_video(folder / SOURCE_FILE, frames, fps)
     context = max(frames_per_chunk, EXTENSION_CONTEXT_FRAMES // frames_per_chunk * frames_per_chunk)
     write_video(folder / "input.mp4", frames[-context:], fps)
     return len(frames)
@@ -113,12 +120,9 @@ def stitched_video(folder: Path, fps: int) -> Path:
     target = folder / STITCHED_FILE
     with _lock_for(str(folder)):
         if not target.is_file():
-            from magi1.io.video import VideoWriter
-
             # The continuation's tags (its enhanced captions, if any) are the whole video's.
-            with VideoWriter(target, fps=fps, metadata=container_tags(folder / "video.mp4")) as writer:
-                for name in (SOURCE_FILE, "video.mp4"):
-                    writer.append(decode_all(folder / name))
+            stitch([folder / SOURCE_FILE, folder / "video.mp4"], target, fps,
+                   metadata=container_tags(folder / "video.mp4"))
     return target
 
 
@@ -150,13 +154,6 @@ def frame_count(video: Path) -> int:
 
     with av.open(str(video)) as container:
         return sum(1 for _ in container.demux(video=0) if _.size)
-
-
-def decode_all(path: Path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def _lock_for(key: str) -> threading.Lock:
