@@ -275,6 +275,7 @@ def job_view(record: dict, budget: int | None = None) -> dict:
         "fps": record["fps"],
         "queue_position": record["queue_position"],
         "cancel_requested": record["cancel_requested"],
+        "stopped": record["stopped"],  # cancelled by a live viewer's session.stop: the video ends there on purpose
         "error": record["error"],
         "created_at": record["created_at"],
         "started_at": record["started_at"],

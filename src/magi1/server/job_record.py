@@ -61,6 +61,9 @@ class Job:
     disk_bytes: int = 0
     # What prompt enhancement made (EnhancedPrompts.to_dict()): kept, so a resumed job keeps its captions.
     enhanced: dict | None = None
+    # Cancelled by its live viewer's session.stop ("end the video here"), not abandoned: the chunks it finished
+    # are the video, which the Videos API reports as completed.
+    stopped: bool = False
     # Not saved: what a running server asks of the job now.
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     delete_requested: bool = False
@@ -90,7 +93,7 @@ class Job:
             "error": self.error, "progress": self.progress, "chunks_ready": self.chunks_ready,
             "num_chunks": self.num_chunks, "resumable_chunks": self.resumable_chunks,
             "resumed_chunks": self.resumed_chunks, "fps": self.fps, "has_video": self.has_video,
-            "disk_bytes": self.disk_bytes, "enhanced": self.enhanced,
+            "disk_bytes": self.disk_bytes, "enhanced": self.enhanced, "stopped": self.stopped,
         }
 
     @classmethod
@@ -112,6 +115,7 @@ class Job:
         job.fps = record.get("fps")
         job.has_video = bool(record.get("has_video"))
         job.disk_bytes = int(record.get("disk_bytes") or 0)
+        job.stopped = bool(record.get("stopped"))
         enhanced = record.get("enhanced")
         job.enhanced = enhanced if isinstance(enhanced, dict) else None
         return job

@@ -264,13 +264,17 @@ class JobStore:
                     "max_queue": self.settings.max_queue}
 
     # ------------------------------------------------------------------ client changes
-    def cancel(self, job: Job) -> str:
-        """Cancel a queued or running job: "cancelled", "cancelling", "finished" (too late) or "gone"."""
+    def cancel(self, job: Job, *, stopped: bool = False) -> str:
+        """Cancel a queued or running job: "cancelled", "cancelling", "finished" (too late) or "gone".
+
+        stopped: the client ended the video on purpose (a live session.stop): its finished chunks are the video.
+        """
         with self._wake:
             if job.delete_requested or self._jobs.get(job.id) is not job:
                 return "gone"
             if job.state.finished:
                 return "finished"
+            job.stopped = job.stopped or stopped
             job.cancel_requested.set()
             if job.state is JobState.QUEUED:
                 if job in self._queue:
@@ -345,6 +349,7 @@ class JobStore:
     def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
         """Move a job to a final state (caller holds the lock)."""
         job.state, job.error, job.finished_at = state, error, time.time()
+        job.stopped = job.stopped and state is JobState.CANCELLED  # a stop that came too late changed nothing
         if state is JobState.DONE:
             job.progress = 1.0
         self._save(job)

@@ -21,8 +21,9 @@ The protocol (JSON text messages, plus one binary message per chunk; docs/servin
 A change of prompt captions every chunk from the first one that has not yet entered the denoising window
 when the server receives it (MAGI-1's per-chunk captions, decided live: sampling/live_prompts.py); each
 chunk's metadata says which caption it got. session.stop stops the run at its next denoising step: the
-chunks already sent are the video (GET /v1/videos/{id}/content serves the same bytes). The session is a job
-on the server's one queue (also listed under /v1/videos and /v1/jobs); a client that disconnects cancels it.
+chunks already sent are the video (GET /v1/videos/{id}/content serves the same bytes), a completed one in the
+Videos API (the job is marked `stopped`). The session is a job on the server's one queue (also listed under
+/v1/videos and /v1/jobs); a client that disconnects cancels it (a failed video there, its chunks kept).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ class RealtimeSession:
                              "prompt": change.prompt, "transition_chunks": change.transition_chunks,
                              "chunks_sent": self.live.chunks_sent})
         elif kind == "session.stop":
-            self.cancel_job()
+            self.cancel_job(stopped=True)
         elif kind == "session.start":
             raise SessionError("this session has started already; open another connection for another video",
                                param="type")
@@ -297,9 +298,11 @@ class RealtimeSession:
             raise SessionError(f"unknown message type {str(kind)[:40]!r}: session.interaction or session.stop",
                                param="type")
 
-    def cancel_job(self) -> None:
+    def cancel_job(self, stopped: bool = False) -> None:
+        """stopped: the viewer ended the video (session.stop), rather than going away or breaking the protocol."""
         if self.job is not None and not self.job.state.finished:
-            self.store.cancel(self.job)  # stops at the next step; the chunks made so far stay the video
+            # stops at the next step; the chunks made so far stay the video
+            self.store.cancel(self.job, stopped=stopped)
 
     def end(self) -> None:
         """The connection is over: a job still running has lost its viewer and is cancelled."""

@@ -24,6 +24,7 @@ from . import video_files
 from .clients import client_identity
 from .cost import JobCost, budget_for, cost_view
 from .errors import scrub_paths
+from .extension_checks import check_extendable, check_total_length
 from .file_ranges import MediaFileResponse
 from .job_request import BadRequest, whole_number
 from .jobs import Job, JobStore, Refusal, StagedJob
@@ -67,7 +68,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
     def content_path(job: Job) -> "video_files.Path":
         state = store.snapshot(job)
         if not (state["has_video"] and job.video_path.is_file()):
-            status, name = STATUS[state["state"]], ID_PREFIX + job.id
+            status, name = video_status(state), ID_PREFIX + job.id
             if status in ("queued", "in_progress"):  # content will come: ask again later
                 reason = "it is queued" if status == "queued" else "it is still being made"
                 raise ApiError(409, f"video {name} has no content yet: {reason}", param="video_id",
@@ -166,6 +167,8 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
                 source, size, source_id = staged.folder / f"input{checked.suffix}", None, None
             elif isinstance(source_ref, dict) and isinstance(source_ref.get("id"), str):
                 earlier = find(request, source_ref["id"])
+                record = store.snapshot(earlier)
+                check_extendable(source_ref["id"], video_status(record), record)
                 source = await run_in_threadpool(content_path, earlier)
                 size = (earlier.request.video_api or {}).get("size") or \
                     f"{earlier.request.width or model.default_width}x{earlier.request.height or model.default_height}"
@@ -183,6 +186,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
             if source.parent == staged.folder and source.name != "input.mp4":
                 source.unlink(missing_ok=True)
             request_job.input_name = "input.mp4"
+            check_total_length(source_frames, float(prepared.meta["seconds"]), model)
             source_seconds = seconds_of(source_frames, model.fps)
             prepared.meta.update(extends=source_id, stitched=True, source_seconds=source_seconds,
                                  seconds=seconds_text(source_seconds + float(prepared.meta["seconds"])))
@@ -297,6 +301,14 @@ def _param_of(message: str) -> str | None:
     return None
 
 
+def video_status(record: dict) -> str:
+    """The Videos API status of a job record. A live video its viewer ended with session.stop is the completed
+    (shorter) video of the chunks it finished, as the live protocol promises; any other cancel is a failure."""
+    if record["state"] == "cancelled" and record["stopped"] and record["has_video"]:
+        return "completed"
+    return STATUS[record["state"]]
+
+
 def prepare_extension(source, folder, request_job, model: ModelLimits) -> int:
     """video_files.prepare_extension, with a video that cannot be read told as a 400 naming no path."""
     try:
@@ -313,11 +325,11 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
     request = record["request"]
     meta = request.get("video_api") or {}
     state = record["state"]
-    status = STATUS[state]
+    status = video_status(record)
     error = None
     if state == "failed":
         error = {"code": "generation_failed", "message": record["error"] or "the video failed"}
-    elif state == "cancelled":
+    elif status == "failed":  # cancelled
         error = {"code": "cancelled", "message": "the video was cancelled"
                  + (f" after {record['chunks_ready']} chunk(s); those are kept" if record["has_video"] else "")}
     size = meta.get("size")
@@ -333,7 +345,7 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
     finished = record["finished_at"]
     return {
         "id": ID_PREFIX + record["id"], "object": "video", "model": meta.get("model", model_id),
-        "status": status, "progress": int(round(100 * float(record["progress"]))),
+        "status": status, "progress": 100 if status == "completed" else int(round(100 * float(record["progress"]))),
         "created_at": int(record["created_at"]), "completed_at": int(finished) if finished else None,
         "expires_at": int(finished + settings.result_ttl_s) if finished else None,
         "prompt": request.get("prompt"), "seconds": seconds or "", "size": size or "",
@@ -342,7 +354,7 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
                   "num_inference_steps": request.get("steps"), "chunk_prompts": request.get("chunk_prompts"),
                   "negative_prompt": request.get("negative_prompt"), "enhance": bool(request.get("enhance")),
                   "story": request.get("story"), "enhanced": record.get("enhanced"),
-                  "chunks_ready": record["chunks_ready"],
+                  "chunks_ready": record["chunks_ready"], "stopped": record["stopped"],
                   "num_chunks": record["num_chunks"], "fps": fps, "queue_position": record["queue_position"],
                   "estimated_cost": cost_view(JobCost(*record["cost"]) if record.get("cost") else None, budget),
                   "job": f"/v1/jobs/{record['id']}"},
