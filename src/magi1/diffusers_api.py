@@ -64,10 +64,10 @@ class DiffusersConventions:
             callback_kwargs holds the tensors named in callback_on_step_end_tensor_inputs ("latents": the
             whole latent video, which the callback may change). `pipe._interrupt = True` stops after the step;
             the chunks finished by then are returned.
-        magi_kwargs: image (i2v), video (v2v), chunk_prompts, seed, prompt_embeds, prompt_attention_mask,
-            prefix_latents, keep_aspect (see `stream`). docs/python-api.md has the details.
+        magi_kwargs: image (i2v), video (v2v), prefix_from, chunk_prompts, seed, prompt_embeds,
+            prompt_attention_mask, prefix_latents, keep_aspect (see `stream`). docs/python-api.md has the details.
         """
-        prompts, negatives = _expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
+        prompts, negatives = expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
         unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
         if unknown:
             raise InputError(f"callback_on_step_end_tensor_inputs may name {', '.join(self._callback_tensor_inputs)}; "
@@ -170,8 +170,14 @@ class DiffusersConventions:
 
         if getattr(self, "parallel", None) is not None:
             raise InputError("save_pretrained needs the whole model in one process (not under torchrun)")
-        root = Path(save_directory)
-        root.mkdir(parents=True, exist_ok=True)
+        root = Path(save_directory).expanduser()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # it, or a folder above it, is a file
+            raise InputError(f"save_directory {root} is a file or lies under one; save_pretrained writes a folder "
+                             f"(made if missing): give a folder path") from None
+        except PermissionError:
+            raise InputError(f"cannot create the folder {root} (permission denied)") from None
         e = self.config.engine_config
         load = f"ckpt/magi/{self.variant or SAVED_MODEL_NAME}"
         save_official(self.dit.state_dict(), root / load / weight_dir_name(distill=e.distill, fp8_quant=e.fp8_quant),
@@ -214,15 +220,19 @@ class DiffusersConventions:
         return self._preview
 
     def latents_to_preview(self, latents: torch.Tensor, scale: int = 1) -> np.ndarray:
-        """Scaled latents (B, 16, T, h, w) -> cheap uint8 RGB previews (B, T, h*scale, w*scale, 3).
+        """Scaled latents (B, 16, T, h, w), torch or numpy -> cheap uint8 RGB previews (B, T, h*scale, w*scale, 3).
 
         One colour per latent cell (4 frames x 8 x 8 pixels) from a linear map; costs nothing next to a step.
         """
+        from .call_inputs import tensor_input
+
         channels = self.config.model_config.in_channels
+        if isinstance(latents, np.ndarray):
+            latents = tensor_input(latents, "latents")
         if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != channels:
             shape = tuple(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
-            raise InputError(f"latents must be a torch tensor (videos, {channels}, latent frames, h, w), as the "
-                             f"callback's callback_kwargs['latents'] is; got {shape}")
+            raise InputError(f"latents must be a torch tensor or numpy array (videos, {channels}, latent frames, "
+                             f"h, w), as the callback's callback_kwargs['latents'] is; got {shape}")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise InputError(f"scale must be a whole number >= 1 (pixels per latent cell side), got {scale!r}")
         return self.latent_preview(latents, scale=scale)
@@ -245,7 +255,7 @@ def _is_dtype_name(text: str) -> bool:
         return False
 
 
-def _expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, list | None]:
+def expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, list | None]:
     """One prompt per video (each repeated num_videos_per_prompt times), and the matching negative prompts."""
     if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
         raise InputError(f"num_videos_per_prompt must be a whole number >= 1, got {per_prompt!r}")
@@ -273,6 +283,21 @@ def _expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, lis
     return [p for p in prompts for _ in range(per_prompt)], negatives
 
 
+def chunk_frames_as(frames: np.ndarray, output_type: str):
+    """One video's uint8 frames (T, H, W, 3) as `stream()` hands them out for output_type.
+
+    "np": the uint8 array itself | "pt": float32 (T, 3, H, W) in [0, 1] | "pil": a list of T PIL images.
+    """
+    if output_type == "pil":
+        from PIL import Image
+
+        return [Image.fromarray(frame) for frame in frames]
+    if output_type == "pt":
+        # exact: uint8 / 255 rounds back to the same bytes
+        return (torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0).permute(0, 3, 1, 2).contiguous()
+    return frames
+
+
 def _assemble(chunks, batch: int, output_type: str):
     """The chunks of a run -> MagiPipelineOutput with a batch of videos (`frames[0]` is the first video)."""
     from .pipeline import MagiPipelineOutput
@@ -288,10 +313,9 @@ def _assemble(chunks, batch: int, output_type: str):
     else:
         videos = np.zeros((batch, 0, 0, 0, 3), np.uint8)
     if output_type == "pil":
-        from PIL import Image
-
-        return MagiPipelineOutput(frames=[[Image.fromarray(f) for f in video] for video in videos], latents=latents)
-    unit = torch.from_numpy(videos).float() / 255.0  # exact: uint8 / 255 rounds back to the same bytes
+        return MagiPipelineOutput(frames=[chunk_frames_as(video, "pil") for video in videos], latents=latents)
     if output_type == "pt":
-        return MagiPipelineOutput(frames=unit.permute(0, 1, 4, 2, 3).contiguous(), latents=latents)
-    return MagiPipelineOutput(frames=unit.numpy(), latents=latents)
+        return MagiPipelineOutput(frames=torch.stack([chunk_frames_as(video, "pt") for video in videos]),
+                                  latents=latents)
+    # "np": float in [0, 1], as diffusers gives (stream() keeps the uint8 bytes); exact, as for "pt"
+    return MagiPipelineOutput(frames=(torch.from_numpy(videos).float() / 255.0).numpy(), latents=latents)

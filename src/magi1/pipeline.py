@@ -26,6 +26,7 @@ from .preflight import t5_present as _t5_present, vae_present as _vae_present
 from .resume import ResumeState, resume_state_path, run_fingerprint  # noqa: F401 (re-exported)
 from .lora.pipeline_api import LoraPipelineMixin
 from .runtime import parse_dtype, pick_device
+from .sampling.prompt_schedule import chunk_prompt_schedule  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ChunkOutput:
     index: int                      # 0-based among the generated chunks
     num_chunks: int                 # how many this run generates
     latents: torch.Tensor           # (1, 16, t, h, w) float32, scaled VAE latents, t <= chunk_width
-    frames: np.ndarray | None       # (4t, H, W, 3) uint8; None for output_type="latent"
+    frames: object                  # "np": (4t, H, W, 3) uint8 | "pt": (4t, 3, H, W) float | "pil": list | None
 
 
 @dataclass
@@ -247,11 +248,15 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             return embeds, masks
         return broadcast_text(embeds, masks, self.parallel)
 
-    def encode_prefix(self, config: MagiConfig, *, image=None, video=None, keep_aspect: bool = False):
-        """The scaled VAE latent of the conditioning image (1,16,1,h,w) or prefix video (1,16,Tp,h,w), or None."""
+    def encode_prefix(self, config: MagiConfig, *, image=None, video=None, keep_aspect: bool = False,
+                      prefix_from: str = "start"):
+        """The scaled VAE latent of the conditioning image (1,16,1,h,w) or prefix video (1,16,Tp,h,w), or None.
+
+        A video file or array gives its first PREFIX_FRAMES frames (its last with prefix_from="end").
+        """
         from .io.image import load_image
-        from .io.video import load_video, resize_frames
         from .models.vae_helpers import encode_image, encode_video
+        from .preflight import load_checked_video
 
         r = config.runtime_config
         if (image is not None or video is not None) and self.vae is None:
@@ -262,10 +267,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             pixels = load_image(image, r.video_size_h, r.video_size_w, keep_aspect=keep_aspect)
             latent = encode_image(self.vae, pixels, fps=r.fps)
         elif video is not None:
-            if isinstance(video, (str, Path)):
-                frames = load_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect=keep_aspect)
-            else:  # an array of any size is resized as a file's frames are
-                frames = resize_frames(np.asarray(video), r.video_size_h, r.video_size_w, keep_aspect=keep_aspect)
+            # a file and an array alike: the same frames of it, resized the same way
+            frames = load_checked_video(video, r.video_size_h, r.video_size_w, r.fps, keep_aspect,
+                                        prefix_from=prefix_from)
             latent = encode_video(self.vae, frames, fps=r.fps)
         else:
             return None
@@ -276,39 +280,49 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
     # ------------------------------------------------------------------ the generator
     def stream(self, prompt: str | None = None, *, chunk_prompts: Mapping[int, str] | Sequence[str] | None = None,
                prompt_embeds: torch.Tensor | None = None, prompt_attention_mask: torch.Tensor | None = None,
-               negative_prompt: str | None = None, image=None, video=None, prefix_latents: torch.Tensor | None = None,
-               num_frames: int | None = None, height: int | None = None,
+               negative_prompt: str | Sequence[str] | None = None, image=None, video=None,
+               prefix_latents: torch.Tensor | None = None, num_frames: int | None = None, height: int | None = None,
                width: int | None = None, num_inference_steps: int | None = None, seed: int | None = None,
-               generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-               guidance_scale: float | None = None, prev_chunk_guidance_scale: float | None = None,
-               output_type: str = "np", keep_aspect: bool = False, progress: bool = False,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None,
+               latents: torch.Tensor | None = None, guidance_scale: float | None = None,
+               prev_chunk_guidance_scale: float | None = None, output_type: str = "np", keep_aspect: bool = False,
+               prefix_from: str = "start", progress: bool = False,
                callback: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
                resume_state: "ResumeState | None" = None,
                on_state: Callable[["ResumeState"], None] | None = None, live_prompts=None) -> Iterator[ChunkOutput]:
-        """Yield each generated chunk of one video as soon as it is clean (decoded unless output_type == "latent").
+        """Yield each generated chunk of one video as soon as it is clean, its frames as output_type says.
 
+        output_type: chunk.frames is "np" uint8 (4t, H, W, 3) (what a video encoder takes) | "pt" float32
+        (4t, 3, H, W) in [0, 1] | "pil" a list of PIL images | "latent" None (chunk.latents only).
         `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
-        the CPU from `generator` or from a generator seeded with `seed` (default: the config's seed).
+        the CPU from `generator` (one, or a list of one) or from a generator seeded with `seed` (default: the
+        config's seed; give seed or generator, not both). Tensors may be numpy arrays.
         prefix_latents: an already-encoded scaled VAE latent instead of `image` / `video` (the official
         `prefix_video` tensor: 1 frame for i2v, Tp frames for v2v).
-        negative_prompt, guidance_scale, prev_chunk_guidance_scale: as in `__call__` (docs/python-api.md).
+        video: a file or a uint8 (T, H, W, 3) array at the model's fps; v2v continues its first PREFIX_FRAMES
+        (32) frames, or with prefix_from="end" its last 32.
+        negative_prompt (one, or a list of one), guidance_scale, prev_chunk_guidance_scale: as in `__call__`.
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
         live_prompts: a LivePrompts (sampling/live_prompts.py) whose changes caption every chunk not yet started.
         """
+        from .diffusers_api import chunk_frames_as, expand_prompts
+
         if isinstance(prompt, (list, tuple)):
             raise InputError("stream() makes one video; give several prompts to pipe(...) (a batch)")
+        _, negatives = expand_prompts(prompt, negative_prompt, 1)  # one, or a list of one
+        generators = None if generator is None else list(generator) if isinstance(generator, (list, tuple)) \
+            else [generator]
         for chunk in self.stream_batch(
                 [prompt], chunk_prompts=chunk_prompts, prompt_embeds=prompt_embeds,
-                prompt_attention_mask=prompt_attention_mask,
-                negative_prompt=None if negative_prompt is None else [negative_prompt], image=image, video=video,
+                prompt_attention_mask=prompt_attention_mask, negative_prompt=negatives, image=image, video=video,
                 prefix_latents=prefix_latents, num_frames=num_frames, height=height, width=width,
-                num_inference_steps=num_inference_steps, seed=seed,
-                generator=None if generator is None else [generator], latents=latents,
+                num_inference_steps=num_inference_steps, seed=seed, generator=generators, latents=latents,
                 guidance_scale=guidance_scale, prev_chunk_guidance_scale=prev_chunk_guidance_scale,
-                output_type=output_type, keep_aspect=keep_aspect, progress=progress, callback=callback,
-                should_stop=should_stop, resume_state=resume_state, on_state=on_state, live_prompts=live_prompts):
-            frames = None if chunk.frames is None else chunk.frames[0]
+                output_type=output_type, keep_aspect=keep_aspect, prefix_from=prefix_from, progress=progress,
+                callback=callback, should_stop=should_stop, resume_state=resume_state, on_state=on_state,
+                live_prompts=live_prompts):
+            frames = None if chunk.frames is None else chunk_frames_as(chunk.frames[0], output_type)
             yield ChunkOutput(index=chunk.index, num_chunks=chunk.num_chunks, latents=chunk.latents, frames=frames)
 
     def stream_batch(self, prompts: Sequence[str | None], *, chunk_prompts=None, prompt_embeds=None,
@@ -317,13 +331,14 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                      seed=None, generator: Sequence[torch.Generator] | torch.Generator | None = None,
                      latents: torch.Tensor | None = None, guidance_scale: float | None = None,
                      prev_chunk_guidance_scale: float | None = None, output_type: str = "np",
-                     keep_aspect: bool = False, progress: bool = False, callback=None, should_stop=None,
-                     resume_state=None, on_state=None, step_callback=None,
+                     keep_aspect: bool = False, prefix_from: str = "start", progress: bool = False, callback=None,
+                     should_stop=None, resume_state=None, on_state=None, step_callback=None,
                      interrupt: Callable[[], bool] | None = None, live_prompts=None) -> Iterator[BatchChunkOutput]:
         """Yield each generated chunk of B = len(prompts) videos, denoised together, as soon as it is clean.
 
         Every DiT call carries all B videos (own caption rows, noise and KV cache each); chunk.latents is
-        (B, 16, t, h, w) and chunk.frames a list of B uint8 (4t, H, W, 3) arrays. Video b equals its single
+        (B, 16, t, h, w) and chunk.frames a list of B uint8 (4t, H, W, 3) arrays whatever output_type other than
+        "latent" says (stream() and pipe() turn them into that output type). Video b equals its single
         run with the same noise. Noise: latents (B, ...) as given; generator a list (one per video) or one
         generator drawing all B in turn; else video b is seeded `seed + b` (seed: the config's by default).
         negative_prompt: one per prompt (or None). step_callback(step, t, latents) may return new latents.
@@ -336,9 +351,16 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         from .preview import window_clean_estimate
         from .sampling.schedule import time_grid
         from .live_conditioning import pipeline_caption_rows
+        from .call_inputs import check_seed_or_generator, tensor_input
+        from .preflight import warn_of_frame_rounding
 
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        check_seed_or_generator(seed, generator)
+        latents, prompt_embeds, prompt_attention_mask, prefix_latents = (
+            tensor_input(value, name) for value, name in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
+                                                          (prompt_attention_mask, "prompt_attention_mask"),
+                                                          (prefix_latents, "prefix_latents")))
         if output_type != "latent" and self.vae is None:
             check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
         batch = len(prompts)
@@ -359,7 +381,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         checked = check_run(self.config, prompt=None if None in prompts else prompts[0], chunk_prompts=chunk_prompts,
                             image=image, video=video, prefix_latents=prefix_latents, prompt_embeds=prompt_embeds,
                             num_frames=num_frames, height=height, width=width,
-                            num_inference_steps=num_inference_steps, seed=seed, keep_aspect=keep_aspect)
+                            num_inference_steps=num_inference_steps, seed=seed, keep_aspect=keep_aspect,
+                            prefix_from=prefix_from)
+        warn_of_frame_rounding(checked)
         if prefix_latents is not None:
             # Already-encoded, scaled VAE latents: (1, 16, 1, h, w) for i2v, (1, 16, Tp, h, w) for v2v, used
             # in the caller's dtype (the official DiT takes the prefix as given).
@@ -551,33 +575,3 @@ def warn_if_unknown_prompt(prompt: str, text_encoder_folder) -> None:
     message = check_prompt(prompt, text_encoder_folder)
     if message:
         warnings.warn(message, PromptWarning, stacklevel=3)
-
-
-def chunk_prompt_schedule(prompt: str | None, chunk_prompts, num_chunks: int) -> list[str]:
-    """The caption of every generated chunk.
-
-    `chunk_prompts` is a list (one per chunk; the last one carries on) or a mapping {first chunk: prompt}
-    (each prompt holds until the next key; chunk 0 falls back to `prompt`).
-    """
-    if chunk_prompts is None:
-        if prompt is None:
-            raise InputError("give a prompt")
-        return [prompt] * num_chunks
-    if isinstance(chunk_prompts, Mapping):
-        schedule = dict(chunk_prompts)
-        if 0 not in schedule:
-            if prompt is None:
-                raise InputError("chunk_prompts has no entry for chunk 0 and no prompt was given")
-            schedule[0] = prompt
-        bad = [k for k in schedule if not isinstance(k, int) or k < 0]
-        if bad:
-            raise InputError(f"chunk_prompts keys must be chunk indices >= 0, got {bad}")
-        out, current = [], schedule[0]
-        for i in range(num_chunks):
-            current = schedule.get(i, current)
-            out.append(current)
-        return out
-    prompts = list(chunk_prompts)
-    if not prompts:
-        raise InputError("chunk_prompts is empty")
-    return [prompts[min(i, len(prompts) - 1)] for i in range(num_chunks)]

@@ -6,11 +6,13 @@
 The CLI calls both before it imports torch (a wrong flag costs a fraction of a second, not a model load);
 `MagiPipeline.stream_batch` calls `check_run` before it encodes a prompt, an image or a video; the server can
 call it when a job is submitted. Every refusal is an InputError (or MissingWeightsError) whose message is one
-sentence a user can act on. Nothing here imports torch, except the v2v frame count (the VAE tiling rule).
+sentence a user can act on. Nothing here imports torch, except the v2v prefix's and the output's frame
+counts (the VAE tiling rule). `warn_of_frame_rounding` says when whole chunks change the frame count.
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import warnings
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import InputError, MissingWeightsError
+
+logger = logging.getLogger(__name__)
 
 MODES = ("t2v", "i2v", "v2v")
 # Decoded pixels an input image or video frame may have: Pillow's own decompression-bomb threshold.
@@ -50,10 +54,10 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
               max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, prefix_from: str = "start") -> CheckedRun:
     """Refuse what cannot run (InputError, one sentence); return the per-call config and the loaded inputs.
 
-    image / video may be paths or arrays (a numpy video of any size is resized as a file would be);
-    prefix_latents stand in for either. The image or video is decoded here, so a broken file fails now.
-    prefix_from: which PREFIX_FRAMES of a video file v2v continues: "start" (the official choice: its first
-    frames) or "end" (its last frames, to continue where the clip ends).
+    image / video may be paths or arrays (a numpy video of any size is resized as a file would be, and
+    cut to the same frames); prefix_latents stand in for either. The image or video is decoded here, so a
+    broken file fails now. prefix_from: which PREFIX_FRAMES of a video (file or array) v2v continues:
+    "start" (the official choice: its first frames) or "end" (its last frames, to continue where it ends).
     """
     mode = _mode(mode, image, video, prefix_latents)
     if prompt_embeds is None and prompt is None and not _has_chunk_zero(chunk_prompts):
@@ -90,6 +94,42 @@ def check_run(config, *, mode: str | None = None, prompt: Any = None, chunk_prom
     if output_path is not None:
         checked.output_path = check_output_path(output_path, resume=resume)
     return checked
+
+
+def output_frame_count(checked: CheckedRun) -> int:
+    """Frames the run's video will have: its generated chunks as decoded (a v2v prefix is not output again)."""
+    from .models.vae_tiling import TileSettings, decoded_frame_count
+    from .sampling.chunk_plan import emitted_frames
+
+    r = checked.config.runtime_config
+    settings = TileSettings.for_fps(r.fps)
+    spans = [emitted_frames(chunk, r.chunk_width, checked.prefix_latent_frames)
+             for chunk in range(checked.clean_chunks, checked.total_chunks)]
+    return sum(decoded_frame_count(end - start, settings, r.temporal_downsample_factor) for start, end in spans)
+
+
+def warn_of_frame_rounding(checked: CheckedRun) -> None:
+    """Say once per run when the video will not have the num_frames asked for, and why.
+
+    The arithmetic is the official code's (whole chunks, the prefix on top), so it is announced, not changed.
+    Every run goes through here (pipe(...), stream(), generate_to_file and so magi1 generate), after the
+    checks and before any model work.
+    """
+    r = checked.config.runtime_config
+    asked, made = r.num_frames, output_frame_count(checked)
+    if made == asked:
+        return
+    per_latent = r.temporal_downsample_factor
+    chunk_frames = r.chunk_width * per_latent
+    whole = (f"a video is made of whole chunks of {chunk_frames} frames (as the official code does), "
+             f"{checked.total_chunks} here")
+    why = {
+        "t2v": f"{whole}; ask for a multiple of {chunk_frames} to get exactly that many",
+        "i2v": f"the image counts as the first latent frame ({per_latent} frames) and {whole}",
+        "v2v": f"the prefix video's {checked.prefix_latent_frames} latent frames come first, {whole}, and only "
+               f"the frames after the prefix are output",
+    }[checked.mode]
+    logger.warning("magi1: num_frames %d gives %d frames: %s", asked, made, why)
 
 
 def call_config(config, *, num_frames=None, height=None, width=None, num_inference_steps=None, seed=None):
@@ -212,9 +252,10 @@ PREFIX_FRAMES = 32
 
 def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspect: bool = False,
                        max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, *, prefix_from: str = "start"):
-    """The v2v prefix as uint8 (T, height, width, 3), resized the same way whether a file or an array.
+    """The v2v prefix as uint8 (T, height, width, 3), cut and resized the same way whether a file or an array.
 
-    From a file: its first PREFIX_FRAMES frames at `fps` (official), or with prefix_from="end" its last ones.
+    Its first PREFIX_FRAMES frames (official), or with prefix_from="end" its last ones: a file's at `fps`, an
+    array's as they are (an array is taken to be at the model's fps already).
     """
     if prefix_from not in ("start", "end"):
         raise InputError(f"prefix_from must be start or end, got {prefix_from!r}")
@@ -254,7 +295,8 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
     if source.shape[1] * source.shape[2] > max_pixels:
         raise InputError(f"the video frames are {source.shape[2]}x{source.shape[1]} pixels, more than the "
                          f"{max_pixels} an input frame may have")
-    return resize_frames(source, height, width, keep_aspect=keep_aspect)
+    kept = source[-PREFIX_FRAMES:] if prefix_from == "end" else source[:PREFIX_FRAMES]
+    return resize_frames(kept, height, width, keep_aspect=keep_aspect)
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -9,16 +9,27 @@ from typing import Sequence
 import numpy as np
 
 
+# Float frames a hair outside [0, 1] (a decoder's or a resize's rounding) are clipped; further out is a mistake.
+FLOAT_RANGE_TOLERANCE = 1e-3
+
+
 def video_to_uint8(video) -> np.ndarray:
     """One video as uint8 (T, H, W, 3), from any frame form a pipeline returns or a user holds.
 
     Accepted: numpy (T, H, W, 3) uint8 or float in [0, 1]; torch (T, 3, H, W) or (T, H, W, 3), float in
-    [0, 1] or uint8; a list of PIL images or of (H, W, 3) arrays.
+    [0, 1] or uint8; a list of PIL images (any mode: grey, palette and RGBA become RGB) or of (H, W, 3)
+    arrays. Float frames outside [0, 1] (e.g. [0, 255] or [-1, 1]) or not finite are an InputError: clipping
+    them turned a [0, 255] video white.
     """
+    from PIL import Image
+
+    from .errors import InputError
+
     if isinstance(video, (list, tuple)):  # PIL images or (H, W, 3) arrays
         if not video:
-            raise ValueError("the video has no frames")
-        video = np.stack([np.asarray(frame) for frame in video])
+            raise InputError("the video has no frames")
+        video = np.stack([np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
+                          for frame in video])
     if hasattr(video, "detach"):  # a torch tensor
         tensor = video.detach().cpu()
         if tensor.dim() == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
@@ -26,13 +37,28 @@ def video_to_uint8(video) -> np.ndarray:
         video = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
     frames = np.asarray(video)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"a video must be (T, H, W, 3) frames (for a batch, pass one video: frames[0]); "
+        raise InputError(f"a video must be (T, H, W, 3) frames (for a batch, pass one video: frames[0]); "
                          f"got shape {frames.shape}")
     if frames.dtype == np.uint8:
         return frames
-    if np.issubdtype(frames.dtype, np.floating):
-        return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    raise ValueError(f"frames must be uint8 or float in [0, 1], got {frames.dtype}")
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise InputError(f"frames must be uint8 or float in [0, 1], got {frames.dtype}")
+    if frames.size and not np.isfinite(frames).all():
+        raise InputError("the float frames hold NaN or infinite values; every value must be a number in [0, 1]")
+    low, high = (float(frames.min()), float(frames.max())) if frames.size else (0.0, 1.0)
+    if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
+        raise InputError(f"float frames must be in [0, 1], got values from {low:g} to {high:g}; "
+                         f"{_range_hint(low, high)}")
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _range_hint(low: float, high: float) -> str:
+    """What probably happened to float frames outside [0, 1], and the fix."""
+    if high > 1.5:
+        return "divide [0, 255] frames by 255, or pass uint8"
+    if low < -0.5:
+        return "map [-1, 1] frames to [0, 1] with (x + 1) / 2"
+    return "clip them to [0, 1]"
 
 
 def export_to_video(video_frames: Sequence | np.ndarray, output_video_path: str | Path | None = None,

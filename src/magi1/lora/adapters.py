@@ -267,16 +267,25 @@ class LoraFile:
         return sorted({key.rsplit(".", 2)[0] for key in self.tensors})
 
 
+def lora_folder(given: str | Path) -> Path:
+    """The LoRA folder a path names: itself, or the folder of its .safetensors file; InputError otherwise."""
+    path = Path(given)
+    if path.is_file() and path.suffix == ".safetensors":
+        return path.parent
+    if path.is_file():  # e.g. a script: "folder does not exist" would contradict what the user sees
+        raise InputError(f"{path} is a file, not a LoRA: give the LoRA's folder (with {ADAPTER_CONFIG} and "
+                         f"{ADAPTER_WEIGHTS}, as `magi1 train lora` writes) or its {ADAPTER_WEIGHTS} file")
+    if not path.is_dir():
+        raise InputError(f"LoRA folder {path} does not exist")
+    return path
+
+
 def read_lora(folder: str | Path) -> LoraFile:
     """Read a LoRA folder (or the .safetensors file inside it); one-sentence InputError when it is not one."""
     from safetensors import safe_open
 
-    path = Path(folder)
-    if path.is_file() and path.suffix == ".safetensors":
-        path = path.parent
+    path = lora_folder(folder)
     weights, config_path = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
-    if not path.is_dir():
-        raise InputError(f"LoRA folder {path} does not exist")
     if not weights.is_file() or not config_path.is_file():
         raise InputError(f"{path} is not a LoRA folder: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} "
                          f"(what `magi1 train lora` writes)")
@@ -370,7 +379,7 @@ def fuse(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def unfuse(model: nn.Module) -> None:
-    """Take merged adapters back out of the base weights (exact in float32; within rounding in bf16)."""
+    """Take merged adapters back out of the base weights (up to float rounding: W + d - d is not always W)."""
     for _, layer in lora_layers(model):
         if layer.merged_adapters:
             layer.unmerge()
@@ -414,11 +423,7 @@ def check_lora_folder(folder: str | Path, model_config) -> None:
     """The checks that need neither peft nor the model: the files are there and the shapes are this config's."""
     from safetensors import safe_open
 
-    path = Path(folder)
-    if path.is_file() and path.suffix == ".safetensors":
-        path = path.parent
-    if not path.is_dir():
-        raise InputError(f"LoRA folder {path} does not exist")
+    path = lora_folder(folder)
     weights, config_path = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
     if not weights.is_file() or not config_path.is_file():
         raise InputError(f"{path} is not a LoRA folder: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} "

@@ -3,7 +3,7 @@
     pipe.load_lora("my_lora/", scale=0.8)          # several may be loaded; each gets a name (default: folder name)
     pipe.set_lora_scale(0.5)                         # one adapter (adapter_name=...) or all of them
     pipe.fuse_lora()                                 # merge into the weights: no per-step adapter cost
-    pipe.unfuse_lora()                               # take them out again (exact in float32, bf16 rounding in bf16)
+    pipe.unfuse_lora()                               # take them out again (the weights come back up to float rounding)
     pipe.unload_lora()                               # remove them; after fuse_lora() the fused weights stay
 
 diffusers spellings work as well: load_lora_weights, set_adapters, get_active_adapters, unload_lora_weights.
@@ -43,14 +43,16 @@ class LoraPipelineMixin:
 
         Raises InputError (LoraMismatchError) in one sentence when the LoRA was made for another model.
         """
+        from ..call_inputs import finite_number
         from .adapters import adapter_names, attach_lora, read_lora
 
         if self._lora_fused:
             raise InputError("LoRAs are fused into the weights: unfuse_lora() before loading another")
+        scale = finite_number(scale, "the LoRA scale")
         lora = read_lora(path)
         name = adapter_name or _default_name(lora.folder, adapter_names(self.dit))
-        attach_lora(self.dit, lora, name, scale=float(scale))
-        self._lora_scales = dict(self._lora_scales or {}, **{name: float(scale)})
+        attach_lora(self.dit, lora, name, scale=scale)
+        self._lora_scales = dict(self._lora_scales or {}, **{name: scale})
         weights = lora.folder / "adapter_model.safetensors"
         stat = weights.stat()
         self._lora_sources = dict(self._lora_sources or {}, **{name: f"{weights.resolve()}:{stat.st_size}:"
@@ -68,21 +70,29 @@ class LoraPipelineMixin:
 
     def set_lora_scale(self, scale: float, adapter_name: str | None = None) -> None:
         """Scale one loaded LoRA (or every one): 1 = as trained, 0 = the base model exactly."""
+        from ..call_inputs import finite_number
         from .adapters import set_scale
 
+        scale = finite_number(scale, "the LoRA scale")  # NaN made an all-black video
         names = self._lora_names(adapter_name)
         for name in names:
-            set_scale(self.dit, name, float(scale))
-            self._lora_scales[name] = float(scale)
+            set_scale(self.dit, name, scale)
+            self._lora_scales[name] = scale
 
     def fuse_lora(self, lora_scale: float | None = None, adapter_names: Sequence[str] | None = None) -> None:
-        """Merge the active LoRAs (at their scales, times lora_scale if given) into the DiT's weights."""
+        """Merge the active LoRAs (at their scales, times lora_scale if given) into the DiT's weights.
+
+        unfuse_lora() takes them out again; the weights come back up to float rounding (in float32 about 1e-8
+        of a weight), not bit for bit: that would take a copy of every adapted weight.
+        """
+        from ..call_inputs import finite_number
         from .adapters import fuse
 
         names = list(adapter_names) if adapter_names else self._lora_names(None)
         if lora_scale is not None:
+            factor = finite_number(lora_scale, "lora_scale")
             for name in names:
-                self.set_lora_scale(self._lora_scales[name] * float(lora_scale), name)
+                self.set_lora_scale(self._lora_scales[name] * factor, name)
         fuse(self.dit, names)
         self._lora_fused = True
 

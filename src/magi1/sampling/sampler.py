@@ -71,8 +71,9 @@ def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, ge
     given = generator if isinstance(generator, (list, tuple)) else [generator] if generator is not None else []
     odd = [g for g in given if not isinstance(g, torch.Generator)]
     if odd:
-        raise InputError(f"generator must be a torch.Generator or a list of them, got {type(odd[0]).__name__} "
-                         f"(for a seed, use torch.Generator().manual_seed(n))")
+        inside = " in the list" if isinstance(generator, (list, tuple)) else ""  # [[g]] said "got list" of a list
+        raise InputError(f"generator must be a torch.Generator or a list of them, got {type(odd[0]).__name__}"
+                         f"{inside} (for a seed, use torch.Generator().manual_seed(n))")
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")

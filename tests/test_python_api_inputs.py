@@ -1,0 +1,242 @@
+"""The Python API as a user probing it met it (docs/python-api.md, the embedded demo model): every argument
+either does what the docs say or is one InputError in the argument's words, before any heavy work.
+
+stream()'s output_type, one-element lists in stream(), numpy tensors, NaN inputs, export_to_video's frame
+forms and ranges, the announced whole-chunk frame count, video arrays cut like files, seed with generator,
+and the LoRA / save_pretrained path mistakes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from magi1 import MagiPipeline
+from magi1.errors import InputError
+from magi1.preflight import PREFIX_FRAMES, check_run
+
+PROMPT = "a red ball bounces on the floor"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The embedded base demo model (three guidance passes: negative prompts apply)."""
+    return MagiPipeline.from_pretrained("demo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def distilled():
+    """The embedded distilled demo model: 8 steps, one pass, the fast one."""
+    return MagiPipeline.from_pretrained("demo_distill", device="cpu")
+
+
+def _latents(pipe, **kwargs):
+    return pipe(PROMPT, num_frames=24, output_type="latent", progress=False, **kwargs).latents
+
+
+def _one_chunk(pipe, **kwargs):
+    return next(pipe.stream(PROMPT, num_frames=24, seed=1, **kwargs))
+
+
+def _refused_before_any_step(call, message: str) -> None:
+    steps = []
+    with pytest.raises(InputError, match=re.escape(message)):
+        call(steps.append)
+    assert steps == []  # refused at the door, not after the sampler ran
+
+
+# ------------------------------------------------------------------ 1. stream() honours output_type
+def test_stream_gives_each_chunk_in_the_output_type_asked_for(distilled):
+    as_np = _one_chunk(distilled).frames
+    assert as_np.dtype == np.uint8 and as_np.shape == (24, 64, 64, 3)  # the default stays the uint8 bytes
+    as_pt = _one_chunk(distilled, output_type="pt").frames
+    assert as_pt.dtype == torch.float32 and as_pt.shape == (24, 3, 64, 64)
+    assert np.array_equal((as_pt * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), as_np)
+    as_pil = _one_chunk(distilled, output_type="pil").frames
+    assert len(as_pil) == 24 and as_pil[0].mode == "RGB" and np.array_equal(np.asarray(as_pil[5]), as_np[5])
+    assert _one_chunk(distilled, output_type="latent").frames is None
+    with pytest.raises(InputError, match="output_type must be one of"):
+        _one_chunk(distilled, output_type="mp4")
+
+
+# ------------------------------------------------------------------ 2. one-element lists in stream()
+def test_stream_takes_a_list_of_one_negative_prompt_or_generator(demo):
+    def latents(**kwargs):
+        return next(demo.stream(PROMPT, num_frames=24, num_inference_steps=4, output_type="latent", **kwargs)).latents
+
+    assert torch.equal(latents(negative_prompt=["a blue square"], seed=3),
+                       latents(negative_prompt="a blue square", seed=3))  # was "unhashable type: 'list'"
+    assert torch.equal(latents(generator=[torch.Generator().manual_seed(4)]),
+                       latents(generator=torch.Generator().manual_seed(4)))
+    for kwargs, message in ((dict(negative_prompt=["a", "b"]), "give one negative prompt, or one per prompt (1)"),
+                            (dict(generator=[[torch.Generator()]]), "got list in the list"),
+                            (dict(generator=[torch.Generator()] * 2), "give one generator, or one per video (1)")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            latents(**kwargs)
+
+
+# ------------------------------------------------------------------ 3. numpy wherever a tensor goes
+def test_numpy_arrays_are_taken_wherever_a_tensor_is(distilled):
+    noise = torch.randn(1, 16, 6, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_latents(distilled, latents=noise.numpy()), _latents(distilled, latents=noise))
+    embeds, mask = distilled.text_encoder.encode(PROMPT)
+    text = dict(prompt_embeds=embeds, prompt_attention_mask=mask, seed=2, num_frames=24, output_type="latent")
+    from_torch = distilled(**text, progress=False).latents
+    from_numpy = distilled(**dict(text, prompt_embeds=embeds.numpy(), prompt_attention_mask=mask.numpy()),
+                           progress=False).latents
+    assert torch.equal(from_numpy, from_torch)
+    image = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_latents(distilled, prefix_latents=image.numpy(), seed=2),
+                       _latents(distilled, prefix_latents=image, seed=2))
+    assert np.array_equal(distilled.latents_to_preview(noise.numpy(), scale=2),
+                          distilled.latents_to_preview(noise, scale=2))
+    with pytest.raises(InputError, match="latents must be a torch tensor or a numpy array, got list"):
+        _latents(distilled, latents=noise.tolist())
+
+
+# ------------------------------------------------------------------ 4. non-finite values are refused
+def test_nan_inputs_are_refused_before_any_step(distilled):
+    noise = torch.randn(1, 16, 6, 8, 8)
+    noise[0, 3, 2, 1, 1] = float("nan")
+    _refused_before_any_step(lambda seen: list(distilled.stream(PROMPT, num_frames=24, latents=noise,
+                                                                callback=seen)),
+                             "latents holds 1 NaN or infinite value")
+    embeds, mask = distilled.text_encoder.encode(PROMPT)
+    embeds = embeds.clone()
+    embeds[..., 0] = float("inf")
+    _refused_before_any_step(lambda seen: list(distilled.stream(prompt_embeds=embeds, prompt_attention_mask=mask,
+                                                                num_frames=24, callback=seen)),
+                             "prompt_embeds holds")
+
+
+@pytest.fixture(scope="module")
+def demo_lora(distilled, tmp_path_factory):
+    """A LoRA folder made for the demo DiT, as `magi1 train lora` writes one."""
+    from magi1.lora.adapters import LoraSettings, add_lora, save_lora
+
+    donor = copy.deepcopy(distilled.dit)
+    add_lora(donor, LoraSettings(rank=2), "default")
+    return save_lora(donor, tmp_path_factory.mktemp("lora") / "demo_lora", model_name="demo")
+
+
+def test_lora_scales_must_be_finite(demo_lora):
+    pipe = MagiPipeline.from_pretrained("demo_distill", device="cpu")  # its own: LoRAs change the model
+    with pytest.raises(InputError, match="the LoRA scale must be a finite number, got nan"):
+        pipe.load_lora(demo_lora, scale=float("nan"))
+    name = pipe.load_lora(demo_lora, scale=0.5)
+    for bad in (float("nan"), float("inf"), "1"):
+        with pytest.raises(InputError, match="must be a finite number"):  # NaN made an all-black video
+            pipe.set_lora_scale(bad)
+    with pytest.raises(InputError, match="lora_scale must be a finite number"):
+        pipe.fuse_lora(lora_scale=float("nan"))
+    assert pipe.lora_scales == {name: 0.5}
+
+
+# ------------------------------------------------------------------ 5. export_to_video's frame forms and ranges
+def test_export_to_video_takes_any_pil_mode_and_refuses_floats_outside_0_1(tmp_path):
+    from PIL import Image
+
+    from magi1.io.video import load_video
+    from magi1.utils import export_to_video
+
+    grey = np.full((4, 32, 32), 200, np.uint8)
+    for mode in ("L", "RGBA", "P"):  # were refused with a shape error
+        frames = [Image.fromarray(g).convert(mode) for g in grey]
+        written = load_video(export_to_video(frames, str(tmp_path / f"{mode}.mp4"), fps=8), 32, 32, 8)
+        assert written.shape == (4, 32, 32, 3) and abs(float(written.mean()) - 200) < 6
+    video = np.full((4, 32, 32, 3), 0.5, np.float32)
+    export_to_video(video + 1e-4, str(tmp_path / "rounding.mp4"), fps=8)  # a hair above 1 rounds, no refusal
+    cases = ((video * 255, "got values from 127.5 to 127.5; divide [0, 255] frames by 255"),  # came out white
+             (video * 2 - 1.5, "got values from -0.5 to -0.5"),
+             (np.where(np.arange(32)[:, None] < 16, -1.0, 1.0) * np.ones((4, 32, 32, 3)), "(x + 1) / 2"),
+             (np.full_like(video, np.nan), "NaN or infinite"))                   # came out black
+    for frames, message in cases:
+        with pytest.raises(InputError, match=re.escape(message)):
+            export_to_video(frames, str(tmp_path / "never.mp4"), fps=8)
+    assert not (tmp_path / "never.mp4").exists()
+
+
+# ------------------------------------------------------------------ 6. whole chunks: announced, not changed
+def _frame_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "num_frames" in r.getMessage() and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("num_frames, inputs, made, why", [
+    (24, {}, 24, None),                                             # exact: not a word
+    (30, {}, 48, "whole chunks of 24 frames"),
+    (4, {}, 24, "ask for a multiple of 24"),
+    (24, {"image": "grey"}, 48, "the image counts as the first latent frame"),
+    (48, {"video": "grey"}, 61, "prefix video's 8 latent frames come first"),
+])
+def test_frame_rounding_is_announced_once_with_the_frames_made(distilled, caplog, num_frames, inputs, made, why):
+    pictures = {"image": np.full((64, 64, 3), 90, np.uint8), "video": np.full((40, 64, 64, 3), 90, np.uint8)}
+    inputs = {key: pictures[key] for key in inputs}
+    caplog.set_level(logging.WARNING, logger="magi1")
+    frames = distilled(PROMPT, num_frames=num_frames, num_inference_steps=4, progress=False, **inputs).frames
+    assert frames.shape[1] == made  # the arithmetic is the official one, unchanged
+    messages = _frame_warnings(caplog)
+    if why is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(f"magi1: num_frames {num_frames} gives {made} frames")
+        assert why in messages[0]
+
+
+def test_magi1_generate_announces_the_rounding_too(tmp_path, caplog):
+    from magi1.cli import main
+
+    caplog.set_level(logging.WARNING, logger="magi1")
+    out = tmp_path / "ball.mp4"
+    assert main(["generate", "--config_file", "demo_distill", "--prompt", PROMPT, "--num_frames", "30",
+                 "--steps", "4", "--device", "cpu", "--output_path", str(out), "--quiet"]) == 0
+    assert _frame_warnings(caplog) == ["magi1: num_frames 30 gives 48 frames: a video is made of whole chunks of 24 "
+                                       "frames (as the official code does), 2 here; ask for a multiple of 24 to get "
+                                       "exactly that many"]
+
+
+# ------------------------------------------------------------------ 7. a video array is cut like a file
+def test_a_video_array_gives_its_first_or_last_32_frames_as_a_file_does(distilled, demo):
+    clip = np.zeros((80, 64, 64, 3), np.uint8)
+    clip[:40], clip[40:] = 30, 220  # dark, then bright
+    config = demo.config
+    start = check_run(config, prompt=PROMPT, video=clip).video
+    end = check_run(config, prompt=PROMPT, video=clip, prefix_from="end").video
+    assert len(start) == len(end) == PREFIX_FRAMES and start.max() == 30 and end.min() == 220
+    assert len(check_run(config, prompt=PROMPT, video=clip[:8]).video) == 8  # a shorter clip is kept whole
+
+    def continuation(video, **kwargs):
+        return _latents(distilled, video=video, seed=1, num_inference_steps=4, **kwargs)
+
+    assert torch.equal(continuation(clip), continuation(clip[:PREFIX_FRAMES]))  # was all 80 frames
+    assert torch.equal(continuation(clip, prefix_from="end"), continuation(clip[-PREFIX_FRAMES:]))
+    with pytest.raises(InputError, match="prefix_from must be start or end"):
+        continuation(clip, prefix_from="middle")
+
+
+# ------------------------------------------------------------------ 8. seed or generator
+def test_seed_and_generator_together_are_refused(distilled):
+    message = "give seed or generator, not both"
+    _refused_before_any_step(lambda seen: list(distilled.stream(PROMPT, num_frames=24, seed=1, callback=seen,
+                                                                generator=torch.Generator().manual_seed(1))),
+                             message)
+    with pytest.raises(InputError, match=message):
+        _latents(distilled, seed=1, generator=[torch.Generator()])
+
+
+# ------------------------------------------------------------------ 9. paths that are files
+def test_load_lora_of_a_file_and_save_pretrained_onto_a_file_say_what_is_wrong(distilled, tmp_path):
+    script = tmp_path / "somefile.py"
+    script.write_text("print('not a LoRA')\n")
+    with pytest.raises(InputError, match=re.escape(f"{script} is a file, not a LoRA: give the LoRA's folder")):
+        distilled.load_lora(script)
+    with pytest.raises(InputError, match="does not exist"):
+        distilled.load_lora(tmp_path / "missing")
+    for target in (script, script / "inside"):  # was a raw FileExistsError / NotADirectoryError
+        with pytest.raises(InputError, match="is a file or lies under one"):
+            distilled.save_pretrained(target)
+    assert script.read_text() == "print('not a LoRA')\n"
