@@ -180,9 +180,10 @@ LARGE_RESUME_STATE_BYTES = 512 * 2**20
 
 def _warn_of_a_large_resume_state(checked) -> None:
     """Say so when --num_frames asks for a video whose saved state (the whole latent video) is huge."""
-    config, r = checked.config, checked.config.runtime_config
-    h, w = config.latent_size
-    state = 4 * config.model_config.latent_channels * checked.total_chunks * r.chunk_width * h * w
+    from .preflight import latent_video_bytes
+
+    r = checked.config.runtime_config
+    state = latent_video_bytes(checked.config, checked.total_chunks * r.chunk_width)
     if state > LARGE_RESUME_STATE_BYTES:
         hours = r.num_frames / r.fps / 3600
         logger.warning("magi1: --num_frames %d is %.1f hours of video in %d chunks; the resume state kept beside "

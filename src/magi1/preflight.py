@@ -388,10 +388,15 @@ def _check_chunk_prompts(chunk_prompts: Any, generated: int) -> None:
                          f"chunk{'s' if generated != 1 else ''} ({span}); ask for more frames or drop it")
 
 
+def latent_video_bytes(config, latent_frames: int) -> int:
+    """Bytes of one float32 latent video of `latent_frames` frames at this config's size (a resume state's)."""
+    h, w = config.latent_size
+    return 4 * config.model_config.latent_channels * latent_frames * h * w
+
+
 def _check_memory(latent_frames: int, config) -> None:
     """Refuse a video whose latent state alone cannot fit in this machine's memory (a typo like 10**9 frames)."""
-    h, w = config.latent_size
-    need = 3 * 4 * config.model_config.latent_channels * latent_frames * h * w  # noise + latent + saved state
+    need = 3 * latent_video_bytes(config, latent_frames)  # noise + latent + saved state
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
