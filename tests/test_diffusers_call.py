@@ -65,6 +65,17 @@ def test_a_batch_of_three_prompts_equals_the_three_single_runs(tiny_pipeline):
         tiny_pipeline(prompts, num_frames=24, generator=[torch.Generator()])
 
 
+def test_an_empty_prompt_in_a_list_is_the_empty_caption_as_alone(tiny_pipeline):
+    """pipe("") runs on the empty caption; in a list it must too, not be refused."""
+    batch = tiny_pipeline(["a red ball bounces on the floor", ""], num_frames=24, output_type="latent",
+                          generator=[torch.Generator().manual_seed(s) for s in (1, 2)], progress=False).frames
+    alone = tiny_pipeline("", num_frames=24, output_type="latent", generator=torch.Generator().manual_seed(2),
+                          progress=False).frames
+    torch.testing.assert_close(batch[1:], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="must be text, got int 3"):
+        tiny_pipeline(["a red ball", 3], num_frames=24, progress=False)
+
+
 def test_callback_on_step_end_edits_latents_and_interrupts(tiny_pipeline):
     from magi1.models.vae_helpers import decode_chunk
 

@@ -378,17 +378,54 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
         assert frames.shape == (24, 64, 64, 3)
 
 
+def test_demo_recipe_continues_a_previous_demo_with_the_motion_stage(tmp_path):
+    """`magi1 train demo --init-from OLD --vae-motion-steps N`: the VAE and DiT start from OLD's weights,
+    the vae_motion stage fine-tunes the encoder too (so the latents are re-encoded), and the result loads."""
+    from magi1.checkpoint.loader import read_state_dict
+    from magi1.models.vae import ViTVAE
+    from magi1.pipeline import MagiPipeline
+    from magi1.train.demo_recipe import DemoRecipe, RecipeSettings
+
+    tiny = dict(vae_clips=4, vae_steps=1, decoder_steps=1, dit_clips=4, dit_steps=1, distill_steps=1,
+                checkpoint_every_s=1e9, progress=False, heldout_clips=1, caption_variants=3, command="test")
+    first = RecipeSettings(workdir=str(tmp_path / "w1"), out_dir=str(tmp_path / "old"),
+                           preset_dir=str(tmp_path / "p1"), **tiny)
+    DemoRecipe(first).run()
+    second = RecipeSettings(workdir=str(tmp_path / "w2"), out_dir=str(tmp_path / "new"), preset_dir=str(tmp_path / "p2"),
+                            init_from=str(tmp_path / "old"), vae_motion_steps=2, **tiny)
+    outcome = DemoRecipe(second).run()
+    assert outcome["results"]["vae"]["init_from"] == str(tmp_path / "old")
+    assert {"heldout_boundary_ratio", "heldout_boundary_ratio_before", "latent_gain"} <= set(outcome["results"]["vae_motion"])
+    old_vae = ViTVAE.from_pretrained(tmp_path / "old" / "vae", dtype=torch.float32, device="cpu")
+    new_vae = ViTVAE.from_pretrained(tmp_path / "new" / "vae", dtype=torch.float32, device="cpu")
+    assert not torch.equal(old_vae.encoder.last_layer.weight, new_vae.encoder.last_layer.weight)
+    old_dit = read_state_dict(tmp_path / "old" / "dit" / "inference_weight")
+    new_dit = read_state_dict(tmp_path / "new" / "dit" / "inference_weight")
+    assert old_dit.keys() == new_dit.keys()
+    # one DiT step from the old weights: close to them, not a fresh init (whose final projection is zero)
+    final = next(k for k in old_dit if "final_linear" in k and k.endswith("weight"))
+    assert float(new_dit[final].float().abs().max()) > 0
+    assert torch.allclose(new_dit[final].float(), old_dit[final].float(), atol=0.05)
+    pipe = MagiPipeline.from_pretrained(str(tmp_path / "p2" / "demo.json"), device="cpu")
+    frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]
+    assert frames.shape == (24, 64, 64, 3)
+
+
 def test_train_demo_flags_reach_the_recipe_settings():
     """`magi1 train demo --vae-lr ...`: every VAE knob of the command line lands in RecipeSettings."""
     from magi1.train.cli import build_parser, demo_settings
     from magi1.train.demo_recipe import RecipeSettings
 
     args = build_parser().parse_args(["demo", "--vae-lr", "7e-4", "--vae-mlp-ratio", "1.5",
-                                      "--vae-temporal-weight", "0.5", "--decoder-steps", "10"])
+                                      "--vae-temporal-weight", "0.5", "--decoder-steps", "10",
+                                      "--vae-motion-steps", "7", "--vae-motion-weight", "2", "--vae-motion-lr", "3e-4",
+                                      "--dit-lr", "1e-4", "--init-from", "old_demo"])
     args.command_line = "magi1 train demo"
     settings = demo_settings(args)
     assert (settings.vae_lr, settings.vae_mlp_ratio, settings.vae_temporal_weight, settings.decoder_steps) == (
         7e-4, 1.5, 0.5, 10)
+    assert (settings.vae_motion_steps, settings.vae_motion_weight, settings.vae_motion_lr, settings.dit_lr,
+            settings.init_from) == (7, 2.0, 3e-4, 1e-4, "old_demo")
     plain = build_parser().parse_args(["demo"])
     plain.command_line = "magi1 train demo"
     assert demo_settings(plain).vae_lr == RecipeSettings().vae_lr

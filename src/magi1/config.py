@@ -304,7 +304,8 @@ class MagiConfig:
         need(e.cp_strategy in ("none", "cp_ulysses", "cp_shuffle_overlap"),
              f"engine_config.cp_strategy must be none, cp_ulysses or cp_shuffle_overlap, got {e.cp_strategy!r}")
         if e.cp_strategy == "none":
-            need(e.cp_size == 1, "cp_strategy 'none' needs cp_size 1")
+            need(e.cp_size == 1, f"cp_size {e.cp_size} needs a context-parallel strategy: set engine_config.cp_strategy "
+                                 "to cp_ulysses or cp_shuffle_overlap (e.g. --set engine_config.cp_strategy=cp_ulysses)")
         need(e.shortcut_mode in ("8,16,16", "16,16,8"),
              f"engine_config.shortcut_mode must be '8,16,16' or '16,16,8', got {e.shortcut_mode!r}")
         need(e.distributed_timeout_minutes > 0, "distributed_timeout_minutes must be positive")

@@ -262,9 +262,10 @@ def expand_prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list, list
     if isinstance(prompt, (list, tuple)):
         if not prompt:
             raise InputError("the prompt list is empty")
-        bad = [p for p in prompt if not isinstance(p, str) or not p.strip()]
+        # "" is allowed, as for a single prompt: that video is conditioned on the empty caption
+        bad = [p for p in prompt if not isinstance(p, str)]
         if bad:
-            raise InputError(f"every prompt of the list must be non-empty text, got {bad[0]!r}")
+            raise InputError(f"every prompt of the list must be text, got {type(bad[0]).__name__} {bad[0]!r}")
         prompts = list(prompt)
     elif prompt is None or isinstance(prompt, str):  # None: prompt_embeds or chunk prompts give the text
         prompts = [prompt]

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=defaults.workdir)
     p.add_argument("--out-dir", default=defaults.out_dir, help="where vae/, t5/, dit/ and the log are written")
     p.add_argument("--preset-dir", default=defaults.preset_dir, help="where demo.json / demo_distill.json go")
-    for name in ("seed", "vae_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips", "distill_steps",
-                 "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers"):
+    for name in ("seed", "vae_steps", "vae_motion_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips",
+                 "distill_steps", "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--caption-variants", type=int, default=defaults.caption_variants,
                    help="wordings per clip for the DiT (synonyms, short and long forms, counts); 1: canonical only")
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-temporal-weight", type=float, default=defaults.vae_temporal_weight,
                    help="weight of the frame-change loss of the VAE stages (0: off)")
     p.add_argument("--vae-lr", type=float, default=defaults.vae_lr, help="peak learning rate of the VAE stage")
+    p.add_argument("--vae-motion-weight", type=float, default=defaults.vae_motion_weight,
+                   help="frame-change loss weight of the vae_motion stage (its steps: --vae-motion-steps)")
+    p.add_argument("--vae-motion-lr", type=float, default=defaults.vae_motion_lr)
+    p.add_argument("--dit-lr", type=float, default=defaults.dit_lr, help="peak learning rate of the DiT stage")
+    p.add_argument("--init-from", default=defaults.init_from, metavar="DEMO_DIR",
+                   help="start the VAE and the DiT (and its T5) from a demo folder with vae/, dit/ and t5/ "
+                        "(e.g. the shipped src/magi1/demo) instead of from scratch")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
     p.add_argument("--quiet", action="store_true")
@@ -144,7 +151,9 @@ def demo_settings(args):
         distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
         dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
         caption_variants=args.caption_variants, vae_mlp_ratio=args.vae_mlp_ratio,
-        vae_temporal_weight=args.vae_temporal_weight, vae_lr=args.vae_lr,
+        vae_temporal_weight=args.vae_temporal_weight, vae_lr=args.vae_lr, vae_motion_steps=args.vae_motion_steps,
+        vae_motion_weight=args.vae_motion_weight, vae_motion_lr=args.vae_motion_lr, dit_lr=args.dit_lr,
+        init_from=args.init_from,
         threads=args.threads, progress=not args.quiet, command=args.command_line,
     )
 

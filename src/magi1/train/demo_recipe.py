@@ -5,6 +5,8 @@ Stages (each resumable; a finished stage is skipped on a rerun):
 1. VAE      the official ViTVAE architecture with a small ddconfig, on 64×64 synthetic physics clips.
             Its latent scale is folded into the weights so that `latent × 0.18215` (the official,
             hard-wired scale) has unit standard deviation, as the DiT expects.
+1b. vae_motion (with vae_motion_steps) the whole VAE fine-tuned with the frame-change loss weighted up, so
+            the latent carries the motion inside its 4 frames; the latent scale is folded in again.
 2. latents  every training clip encoded once through the inference helpers (tiled encode, posterior
             mean, × 0.18215), plus each clip's first frame encoded as an image (the i2v condition).
 3. decoder  more steps for the VAE decoder alone (encoder frozen, so the cached latents stay valid).
@@ -13,6 +15,9 @@ Stages (each resumable; a finished stage is skipped on a rerun):
 6. distill  shortcut distillation into a cfg-free few-step model (train.distill).
 7. presets  `presets/demo.json` (base, cfg 3) and `presets/demo_distill.json` (distill, cfg 1), in the
             official format with paths relative to the JSON; a training log next to the weights.
+
+With `init_from` (a previous demo folder) the VAE stage copies that VAE and the DiT stage starts from that
+DiT and its T5 (and tokenizer) instead of a random init: a new generation built on the last one.
 
 Everything is a function of the settings and the seed. Weights are stored so that the whole demo stays
 small: the DiTs in bfloat16 like the official checkpoints (their float32 islands in float32), as zstd-compressed
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 import shlex
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 from ..config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
+from .demo_vae import fold_latent_scale, inference_encoders, save_vae  # noqa: F401  (re-exported)
 from .loop import LoopSettings, run_loop
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -52,9 +57,9 @@ TRAINING_LOG = "training_log.txt"
 # 4), resized to the 3-frame inference tiles like any other grid.
 # [finding] That tiny MLP (128 units) makes the decoder nearly linear in the latent, and a linear map of 16
 # numbers cannot draw an object at 4 places in the 4 frames of a token: it draws one frame 4 times and jumps at
-# every latent-frame boundary (boundary / in-group change about 3x, eval.smoothness). Optimising the latent
-# itself against held-out clips left the ratio at 4.8, so the decoder is the limit; `vae_mlp_ratio` widens it
-# (docs/demo-model.md has the pilots).
+# every latent-frame boundary (boundary / in-group change about 3x, eval.smoothness). Widening the decoder
+# alone did not help (docs/demo-model.md has the pilots); fine-tuning the encoder with it does (the
+# vae_motion stage): the latent has to carry the motion.
 DEMO_VAE_DDCONFIG = dict(
     video_size=64, video_length=4, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
     embed_dim=1024, depth=1, num_heads=16, mlp_ratio=0.125, qkv_bias=True, with_cls_token=True, norm_code=False,
@@ -139,6 +144,10 @@ class RecipeSettings:
     vae_mlp_ratio: float = 0.125             # DEMO_VAE_DDCONFIG mlp_ratio (decoder capacity, see above)
     vae_temporal_weight: float = 0.0         # VAETrainSettings.temporal_weight (frame-change magnitudes)
     vae_lengths: tuple[int, ...] = (12, 4, 4, 1)  # crop lengths of the VAE stages (1: a still image)
+    vae_motion_steps: int = 0                # whole-VAE fine-tune with the frame-change loss, before the latents
+    vae_motion_weight: float = 8.0           # its frame-change weight (VAETrainSettings.temporal_weight)
+    vae_motion_lr: float = 1e-3
+    init_from: str | None = None             # a demo folder (vae/, dit/, t5/) to start from instead of from scratch
     decoder_steps: int = 1500                # decoder-only fine-tune after the latents are cached
     decoder_lr: float = 1e-3
     dit_clips: int = 600
@@ -164,6 +173,8 @@ class DemoRecipe:
         self.work = Path(settings.workdir)
         self.out = Path(settings.out_dir)
         self.presets = Path(settings.preset_dir)
+        if settings.init_from and Path(settings.init_from).resolve() == self.out.resolve():
+            raise ValueError(f"--init-from {settings.init_from} is the output folder; write the new demo elsewhere")
         self.work.mkdir(parents=True, exist_ok=True)
         self.presets.mkdir(parents=True, exist_ok=True)  # relative paths in the config go through it
         self.loss_log = self.work / "loss_log.txt"
@@ -259,8 +270,8 @@ class DemoRecipe:
         if self.s.threads:
             torch.set_num_threads(self.s.threads)
         started = time.perf_counter()
-        for stage in (self.train_vae, self.encode_latents, self.finetune_decoder, self.build_text_encoder,
-                      self.train_dit, self.distill, self.write_presets):
+        for stage in (self.train_vae, self.teach_vae_motion, self.encode_latents, self.finetune_decoder,
+                      self.build_text_encoder, self.train_dit, self.distill, self.write_presets):
             stage()
         self.write_training_log()
         return {"seconds": time.perf_counter() - started, "results": self.results}
@@ -272,6 +283,12 @@ class DemoRecipe:
         from .vae_trainer import VAETrainer, VAETrainSettings
 
         t0 = self._start()
+        if self.s.init_from:
+            vae = ViTVAE.from_pretrained(Path(self.s.init_from) / "vae", dtype=torch.float32, device="cpu")
+            save_vae(vae, self.vae_dir, dtype=torch.bfloat16)
+            self._record("vae", time.perf_counter() - t0, {"init_from": str(self.s.init_from),
+                                                           "params": vae.num_parameters(), **self.heldout_vae_metrics(vae)})
+            return
         clips = self.vae_clips()
         ddconfig = dict(DEMO_VAE_DDCONFIG, mlp_ratio=self.s.vae_mlp_ratio)
         vae = ViTVAE(VAEConfig.from_ddconfig(ddconfig)).init_weights(self.s.seed).requires_grad_(True)
@@ -292,6 +309,40 @@ class DemoRecipe:
         self._record("vae", time.perf_counter() - t0,
                      {**outcome["metrics"], "heldin_psnr_mean_decode": psnr, "latent_gain": gain,
                       "params": stored.num_parameters(), **self.heldout_vae_metrics(stored)}, outcome)
+
+    def teach_vae_motion(self) -> None:
+        """Fine-tune the whole VAE, encoder too, with the frame-change loss weighted up, on 12-frame crops.
+
+        [finding] The decoder alone cannot learn motion inside a latent frame (docs/demo-model.md, "Smoothness"):
+        the latent must carry it. Starting from a trained VAE, 600 steps of this at weight 3 took the held-out
+        boundary ratio from 4.24 to 2.57 and the held-out PSNR from 21.7 to 22.6 dB; from scratch the same loss
+        did not help. It runs before the latents are cached, since it changes the encoder; the latent scale is
+        folded in again afterwards. 12-frame crops are the inference tiles (3 latent frames), where the
+        frame-change loss sees the boundaries between latent frames.
+        """
+        if self._done("vae_motion") or self.s.vae_motion_steps <= 0:
+            return
+        from ..models.vae import ViTVAE
+        from .vae_trainer import VAETrainer, VAETrainSettings
+
+        t0 = self._start()
+        clips = self.vae_clips()
+        vae = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
+        before = self.heldout_vae_metrics(vae)
+        settings = VAETrainSettings(steps=self.s.vae_motion_steps, batch=self.s.vae_batch, lr=self.s.vae_motion_lr,
+                                    warmup=20, seed=self.s.seed + 3, temporal_weight=self.s.vae_motion_weight,
+                                    lengths=(12,))
+        trainer = VAETrainer(vae.requires_grad_(True), clips, settings)
+        outcome = run_loop(trainer, self._loop("vae_motion", self.s.vae_motion_steps))
+        vae.load_state_dict(trainer.averaged_weights())
+        vae.eval().requires_grad_(False)
+        gain = fold_latent_scale(vae, clips.sample(16, 12, torch.Generator().manual_seed(1)), DEMO_SCALE_FACTOR)
+        save_vae(vae, self.vae_dir, dtype=torch.bfloat16)
+        stored = ViTVAE.from_pretrained(self.vae_dir, dtype=torch.float32, device="cpu")
+        self._record("vae_motion", time.perf_counter() - t0,
+                     {**outcome["metrics"], "latent_gain": gain,
+                      **{k + "_before": v for k, v in before.items() if k != "truth_boundary_ratio"},
+                      **self.heldout_vae_metrics(stored)}, outcome)
 
     def encode_latents(self) -> None:
         cache = self.work / "latents.safetensors"
@@ -371,22 +422,37 @@ class DemoRecipe:
         from .data import LatentClips
         from .dit_trainer import DiTTrainer, DiTTrainSettings, init_dit_for_training
         from .captions import write_demo_vocabulary
+        from ..models.text_encoder import resolve_t5_folder
         from .text_demo import TrainableCaptionEncoder, load_t5_module, save_text_encoder
 
         t0 = self._start()
         config = self.config(distill=False)
         clips = LatentClips.load(self.work / "latents.safetensors")
         init_dir = self.work / "t5_init"
-        text = TrainableCaptionEncoder(load_t5_module(init_dir), init_dir, config.model_config.caption_max_length)
-        config = training_config(config)
-        model = init_dit_for_training(MagiDiT(config.model_config), seed=self.s.seed).requires_grad_(True)
+        # From a previous demo: its T5 and its tokenizer (the Unigram trainer orders the characters the captions
+        # never use differently on every run, so this run's tokenizer would not match those T5 weights).
+        text_start = Path(self.s.init_from) / "t5" if self.s.init_from else init_dir
+        tokenizer_folder = resolve_t5_folder(text_start)
+        text = TrainableCaptionEncoder(load_t5_module(text_start), tokenizer_folder,
+                                       config.model_config.caption_max_length)
+        if self.s.init_from:  # a previous generation's DiT and its jointly trained T5, on this run's latents
+            from ..checkpoint.loader import load_dit
+
+            start = load_dit(config, device="cpu", dtype=torch.float32, load_root=Path(self.s.init_from) / "dit")
+            config = training_config(config)
+            model = MagiDiT(config.model_config)
+            model.load_state_dict(start.state_dict())
+            model.requires_grad_(True)
+        else:
+            config = training_config(config)
+            model = init_dit_for_training(MagiDiT(config.model_config), seed=self.s.seed).requires_grad_(True)
         settings = DiTTrainSettings(steps=self.s.dit_steps, lr=self.s.dit_lr,
                                     tokens_per_step=self.s.dit_tokens_per_step, seed=self.s.seed)
         trainer = DiTTrainer(model, config, clips, text, settings)
         outcome = run_loop(trainer, self._loop("dit", self.s.dit_steps))
         save_official(shipping_weights(trainer.averaged_weights(), self.config(distill=False).model_config.params_dtype),
                       self.dit_root / "inference_weight", compress_zst=True)
-        folder = save_text_encoder(text.module, init_dir / "t5-v1_1-xxl", self.t5_root,
+        folder = save_text_encoder(text.module, tokenizer_folder, self.t5_root,
                                    weights=trainer.averaged_text_weights(), dtype=torch.bfloat16)
         write_demo_vocabulary(folder)
         self._record("dit", time.perf_counter() - t0, {**outcome["metrics"],
@@ -454,92 +520,6 @@ class DemoRecipe:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")
         return path
-
-
-# ---------------------------------------------------------------------------------------------- VAE helpers
-@torch.no_grad()
-def fold_latent_scale(vae, pixels: torch.Tensor, scale_factor: float) -> float:
-    """Rescale the VAE's latent space so that posterior means × scale_factor have unit standard deviation.
-
-    The encoder's mean rows are multiplied by k and its log-variance biases shifted by 2·ln k; the decoder's
-    input projection is divided by k. The VAE computes the same function of pixels, and the official fixed
-    scale (0.18215) then hands the DiT unit-variance latents. Returns k.
-    """
-    z = vae.encoder(pixels)[:, : vae.config.z_chans]
-    k = 1.0 / (float(z.std()) * scale_factor)
-    channels = vae.config.z_chans
-    last = vae.encoder.last_layer
-    last.weight[:channels] *= k
-    last.bias[:channels] *= k
-    last.bias[channels:] += 2.0 * math.log(k)
-    vae.decoder.proj_in.weight /= k
-    return k
-
-
-def save_vae(vae, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
-    """An official VAE folder: config.json (`_class_name` ViTVAE, ddconfig) + diffusion_pytorch_model.safetensors."""
-    from safetensors.torch import save_file
-
-    from ..models.vae import CONFIG_NAME, OFFICIAL_CLASS_NAME, WEIGHTS_NAME
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": OFFICIAL_CLASS_NAME, "model_type": "vit", "ddconfig": vae.config.to_ddconfig()}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    tensors = {name: t.detach().to(dtype).contiguous() for name, t in vae.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    return folder
-
-
-def inference_encoders(vae, *, fps: int):
-    """(encode_videos, encode_images) over lists of clips, equal to the inference helpers clip by clip.
-
-    The helpers encode one clip at a time in temporal tiles of fps/2 frames; when a frame fits in one
-    spatial tile and the clip is a whole number of temporal tiles (no blending happens), the tiles are
-    independent, so all tiles of many clips go through the encoder as one batch. The first batch is checked
-    against `vae_helpers.encode_video` / `encode_image`; other cases fall back to the helpers.
-    """
-    from ..models.vae import SCALE_FACTOR
-    from ..models.vae_helpers import encode_image, encode_video, pixels_to_unit_range
-    from ..models.vae_tiling import TileSettings
-
-    tiling = TileSettings.for_fps(fps)
-    tile = tiling.length
-    checked = {"videos": False, "images": False}
-
-    def batchable(frames) -> bool:
-        height, width = frames[0].shape[1:3]
-        return (frames[0].shape[0] % tile == 0 and height <= tiling.height and width <= tiling.width
-                and tiling.temporal_overlap == 0)
-
-    def encode_videos(frames: list) -> torch.Tensor:
-        if not batchable(frames):
-            return torch.cat([encode_video(vae, f, fps=fps) for f in frames])
-        video = torch.from_numpy(np.stack(frames))                       # (B, T, H, W, 3) uint8
-        b, t, h, w, _ = video.shape
-        tiles = video.reshape(b * (t // tile), tile, h, w, 3).permute(0, 4, 1, 2, 3)
-        mean = vae.encode(pixels_to_unit_range(tiles.to(vae.device)))  # (B*n, C, tile/4, h/8, w/8)
-        latent = mean.reshape(b, t // tile, *mean.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
-        latent = latent * SCALE_FACTOR
-        if not checked["videos"]:
-            _check_close(latent[:1], encode_video(vae, frames[0], fps=fps), "video")
-            checked["videos"] = True
-        return latent
-
-    def encode_images(images: list) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(images))[:, None].permute(0, 4, 1, 2, 3)  # (B, 3, 1, H, W)
-        latent = vae.encode(pixels_to_unit_range(batch.to(vae.device))) * SCALE_FACTOR
-        if not checked["images"]:
-            _check_close(latent[:1], encode_image(vae, images[0], fps=fps), "image")
-            checked["images"] = True
-        return latent
-
-    return encode_videos, encode_images
-
-
-def _check_close(batched: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    if batched.shape != reference.shape or not torch.allclose(batched.float(), reference.float(), atol=1e-4):
-        raise RuntimeError(f"batched {what} encoding differs from the inference helper; refusing to build the cache")
 
 
 def preview(preset: str | Path, prompt: str, png_path: str | Path, *, seed: int | None = None,

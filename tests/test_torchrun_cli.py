@@ -1,0 +1,76 @@
+"""`torchrun ... magi1 generate` as the README tells a user with several GPUs (here: CPU processes on gloo).
+
+Context parallel (cp 2) and pipeline stages (pp 2) must write the same mp4 as one process; a launch whose
+layout cannot work must fail at once with a sentence that says what to set, on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from magi1.io.video import load_video, probe_video
+
+MAGI1 = Path(sys.executable).with_name("magi1")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+COMMON = ["generate", "--config_file", "demo_distill", "--num_frames", "48", "--quiet"]
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list[str], *, processes: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if processes:
+        command = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(free_port()),
+                   str(MAGI1), *args]
+    else:
+        command = [str(MAGI1), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+
+def frames(path: Path) -> np.ndarray:
+    return load_video(path, 64, 64, 24, max_frames=None)
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> np.ndarray:
+    path = tmp_path_factory.mktemp("alone") / "alone.mp4"
+    done = run([*COMMON, "--output_path", str(path)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return frames(path)
+
+
+@pytest.mark.parametrize("layout", [["engine_config.cp_size=2", "engine_config.cp_strategy=cp_ulysses"],
+                                    ["engine_config.pp_size=2"]], ids=["cp2", "pp2"])
+def test_two_processes_write_the_video_one_process_writes(tmp_path, alone, layout):
+    path = tmp_path / "two.mp4"
+    sets = [arg for item in layout for arg in ("--set", item)]
+    done = run([*COMMON, *sets, "--output_path", str(path)], processes=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert probe_video(path).num_frames == 48
+    assert np.array_equal(frames(path), alone)
+    assert done.stdout.count("wrote ") == 1  # only the output rank writes and reports
+    assert "rank 1/2" in done.stderr
+
+
+@pytest.mark.parametrize("sets, says", [
+    ([], "WORLD_SIZE is 2"),
+    (["--set", "engine_config.cp_size=2"], "set engine_config.cp_strategy to cp_ulysses"),
+])
+def test_a_launch_that_cannot_work_says_what_to_set(tmp_path, sets, says):
+    done = run([*COMMON, *sets, "--output_path", str(tmp_path / "x.mp4")], processes=2)
+    assert done.returncode != 0
+    assert says in done.stderr and "Traceback" not in done.stderr.split("torch/distributed")[0]
+    assert not (tmp_path / "x.mp4").exists()
