@@ -59,7 +59,8 @@ TRAINING_LOG = "training_log.txt"
 # numbers cannot draw an object at 4 places in the 4 frames of a token: it draws one frame 4 times and jumps at
 # every latent-frame boundary (boundary / in-group change about 3x, eval.smoothness). Widening the decoder
 # alone did not help (docs/demo-model.md has the pilots); fine-tuning the encoder with it does (the
-# vae_motion stage): the latent has to carry the motion.
+# vae_motion stage): the latent has to carry the motion. A DiT fine-tuned on such latents did not yet sample
+# smoother videos, so the shipped VAE is still the one without that stage.
 DEMO_VAE_DDCONFIG = dict(
     video_size=64, video_length=4, patch_size=8, patch_length=4, in_chans=3, z_chans=16, double_z=True,
     embed_dim=1024, depth=1, num_heads=16, mlp_ratio=0.125, qkv_bias=True, with_cls_token=True, norm_code=False,
