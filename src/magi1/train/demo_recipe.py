@@ -436,17 +436,18 @@ class DemoRecipe:
         tokenizer_folder = resolve_t5_folder(text_start)
         text = TrainableCaptionEncoder(load_t5_module(text_start), tokenizer_folder,
                                        config.model_config.caption_max_length)
+        start = None
         if self.s.init_from:  # a previous generation's DiT and its jointly trained T5, on this run's latents
             from ..checkpoint.loader import load_dit
 
             start = load_dit(config, device="cpu", dtype=torch.float32, load_root=Path(self.s.init_from) / "dit")
-            config = training_config(config)
-            model = MagiDiT(config.model_config)
-            model.load_state_dict(start.state_dict())
-            model.requires_grad_(True)
+        config = training_config(config)
+        model = MagiDiT(config.model_config)
+        if start is None:
+            init_dit_for_training(model, seed=self.s.seed)
         else:
-            config = training_config(config)
-            model = init_dit_for_training(MagiDiT(config.model_config), seed=self.s.seed).requires_grad_(True)
+            model.load_state_dict(start.state_dict())
+        model.requires_grad_(True)
         settings = DiTTrainSettings(steps=self.s.dit_steps, lr=self.s.dit_lr,
                                     tokens_per_step=self.s.dit_tokens_per_step, seed=self.s.seed)
         trainer = DiTTrainer(model, config, clips, text, settings)
