@@ -1,4 +1,5 @@
-"""`torchrun ... magi1 generate` as the README tells a user with several GPUs (here: CPU processes on gloo).
+"""`torchrun ... magi1 generate` as the README tells a user with several GPUs (here: CPU processes on gloo),
+and `magi1 serve` started the same way by mistake.
 
 Context parallel (cp 2) and pipeline stages (pp 2) must write the same mp4 as one process; a launch whose
 layout cannot work must fail at once with a sentence that says what to set, on every rank.
@@ -74,3 +75,12 @@ def test_a_launch_that_cannot_work_says_what_to_set(tmp_path, sets, says):
     assert done.returncode != 0
     assert says in done.stderr and "Traceback" not in done.stderr.split("torch/distributed")[0]
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_serve_under_torchrun_says_to_start_it_alone(tmp_path):
+    """Every rank would load the model and fight for the port; each says in one line what to do instead."""
+    done = run(["serve", "--config_file", "demo_distill", "--port", "0", "--results_dir", str(tmp_path / "r")],
+               processes=2)
+    assert done.returncode != 0
+    assert done.stderr.count("magi1 serve runs as one process, but WORLD_SIZE is 2") == 2
+    assert not (tmp_path / "r").exists()

@@ -117,6 +117,12 @@ def main_serve(args) -> int:
 
     from .results_folder import hold_results_folder
 
+    # Under torchrun every rank would load the model and race for the port: refuse before either happens.
+    world_size = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if world_size != "1":
+        raise InputError(f"magi1 serve runs as one process, but WORLD_SIZE is {world_size} (started by torchrun?): "
+                         "start it as plain `magi1 serve`; for several GPUs, launch `torchrun ... magi1 generate` "
+                         "(README, \"Several GPUs\")")
     # Before anything is created: a server others can reach must know who they are.
     api_keys = api_keys_from(getattr(args, "api_key", None), os.environ)
     if not is_loopback(args.host) and not api_keys:
