@@ -395,7 +395,8 @@ def test_demo_recipe_continues_a_previous_demo_with_the_motion_stage(tmp_path):
                             init_from=str(tmp_path / "old"), vae_motion_steps=2, **tiny)
     outcome = DemoRecipe(second).run()
     assert outcome["results"]["vae"]["init_from"] == str(tmp_path / "old")
-    assert {"heldout_boundary_ratio", "heldout_boundary_ratio_before", "latent_gain"} <= set(outcome["results"]["vae_motion"])
+    motion = outcome["results"]["vae_motion"]
+    assert {"heldout_boundary_ratio", "heldout_boundary_ratio_before", "latent_gain"} <= set(motion)
     old_vae = ViTVAE.from_pretrained(tmp_path / "old" / "vae", dtype=torch.float32, device="cpu")
     new_vae = ViTVAE.from_pretrained(tmp_path / "new" / "vae", dtype=torch.float32, device="cpu")
     assert not torch.equal(old_vae.encoder.last_layer.weight, new_vae.encoder.last_layer.weight)

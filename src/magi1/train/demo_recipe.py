@@ -287,8 +287,9 @@ class DemoRecipe:
         if self.s.init_from:
             vae = ViTVAE.from_pretrained(Path(self.s.init_from) / "vae", dtype=torch.float32, device="cpu")
             save_vae(vae, self.vae_dir, dtype=torch.bfloat16)
-            self._record("vae", time.perf_counter() - t0, {"init_from": str(self.s.init_from),
-                                                           "params": vae.num_parameters(), **self.heldout_vae_metrics(vae)})
+            self._record("vae", time.perf_counter() - t0,
+                         {"init_from": str(self.s.init_from), "params": vae.num_parameters(),
+                          **self.heldout_vae_metrics(vae)})
             return
         clips = self.vae_clips()
         ddconfig = dict(DEMO_VAE_DDCONFIG, mlp_ratio=self.s.vae_mlp_ratio)
@@ -317,8 +318,9 @@ class DemoRecipe:
         [finding] The decoder alone cannot learn motion inside a latent frame (docs/demo-model.md, "Smoothness"):
         the latent must carry it. Starting from the generation-2 VAE, 1,000 steps of this at weight 8 took the
         held-out boundary ratio from 4.24 to 2.15 and the held-out PSNR from 21.7 to 23.0 dB (600 steps: weight
-        3, 2.57; weight 8, 2.44); trained from scratch with the loss on, a VAE did not get smoother. It runs before the latents are cached, since it changes the encoder; the latent scale is
-        folded in again afterwards. 12-frame crops are the inference tiles (3 latent frames), where the
+        3, 2.57; weight 8, 2.44); trained from scratch with the loss on, a VAE did not get smoother. It runs
+        before the latents are cached, since it changes the encoder; the latent scale is folded in again
+        afterwards. 12-frame crops are the inference tiles (3 latent frames), where the
         frame-change loss sees the boundaries between latent frames.
         """
         if self._done("vae_motion") or self.s.vae_motion_steps <= 0:
