@@ -412,6 +412,43 @@ def test_demo_recipe_continues_a_previous_demo_with_the_motion_stage(tmp_path):
     assert frames.shape == (24, 64, 64, 3)
 
 
+def test_demo_recipe_fresh_dit_keeps_only_the_previous_vae(tmp_path, monkeypatch):
+    """`--init-from OLD --fresh-dit`: the VAE comes from OLD, the DiT and its T5 start from scratch (the old DiT
+    is never read, the tokenizer is this run's), and the result loads; --fresh-dit alone is refused."""
+    import magi1.checkpoint.loader as loader
+    from magi1.models.vae import ViTVAE
+    from magi1.pipeline import MagiPipeline
+    from magi1.train.demo_recipe import DemoRecipe, RecipeSettings
+
+    tiny = dict(vae_clips=4, vae_steps=1, decoder_steps=1, dit_clips=4, dit_steps=1, distill_steps=1,
+                checkpoint_every_s=1e9, progress=False, heldout_clips=1, caption_variants=3, command="test")
+    DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w1"), out_dir=str(tmp_path / "old"),
+                              preset_dir=str(tmp_path / "p1"), **tiny)).run()
+    with pytest.raises(ValueError, match="--fresh-dit keeps the VAE of --init-from"):
+        DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w0"), out_dir=str(tmp_path / "x"), fresh_dit=True, **tiny))
+
+    real_load_dit, loaded_from = loader.load_dit, []
+
+    def spy_load_dit(config, *args, load_root=None, **kwargs):
+        loaded_from.append(str(load_root))
+        return real_load_dit(config, *args, load_root=load_root, **kwargs)
+
+    monkeypatch.setattr(loader, "load_dit", spy_load_dit)
+    DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w2"), out_dir=str(tmp_path / "new"),
+                              preset_dir=str(tmp_path / "p2"), init_from=str(tmp_path / "old"), fresh_dit=True,
+                              **tiny)).run()
+    assert not any(str(tmp_path / "old") in root for root in loaded_from), loaded_from
+    old_vae = ViTVAE.from_pretrained(tmp_path / "old" / "vae", dtype=torch.float32, device="cpu")
+    new_vae = ViTVAE.from_pretrained(tmp_path / "new" / "vae", dtype=torch.float32, device="cpu")
+    assert torch.equal(old_vae.encoder.last_layer.weight, new_vae.encoder.last_layer.weight)
+    new_tokenizer = (tmp_path / "new" / "t5" / "t5-v1_1-xxl" / "tokenizer.json")
+    this_run = (tmp_path / "w2" / "t5_init" / "t5-v1_1-xxl" / "tokenizer.json")
+    assert new_tokenizer.read_text() == this_run.read_text()
+    pipe = MagiPipeline.from_pretrained(str(tmp_path / "p2" / "demo.json"), device="cpu")
+    frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]
+    assert frames.shape == (24, 64, 64, 3)
+
+
 def test_train_demo_flags_reach_the_recipe_settings():
     """`magi1 train demo --vae-lr ...`: every VAE knob of the command line lands in RecipeSettings."""
     from magi1.train.cli import build_parser, demo_settings
@@ -420,13 +457,13 @@ def test_train_demo_flags_reach_the_recipe_settings():
     args = build_parser().parse_args(["demo", "--vae-lr", "7e-4", "--vae-mlp-ratio", "1.5",
                                       "--vae-temporal-weight", "0.5", "--decoder-steps", "10",
                                       "--vae-motion-steps", "7", "--vae-motion-weight", "2", "--vae-motion-lr", "3e-4",
-                                      "--dit-lr", "1e-4", "--init-from", "old_demo"])
+                                      "--dit-lr", "1e-4", "--init-from", "old_demo", "--fresh-dit"])
     args.command_line = "magi1 train demo"
     settings = demo_settings(args)
     assert (settings.vae_lr, settings.vae_mlp_ratio, settings.vae_temporal_weight, settings.decoder_steps) == (
         7e-4, 1.5, 0.5, 10)
     assert (settings.vae_motion_steps, settings.vae_motion_weight, settings.vae_motion_lr, settings.dit_lr,
-            settings.init_from) == (7, 2.0, 3e-4, 1e-4, "old_demo")
+            settings.init_from, settings.fresh_dit) == (7, 2.0, 3e-4, 1e-4, "old_demo", True)
     plain = build_parser().parse_args(["demo"])
     plain.command_line = "magi1 train demo"
     assert demo_settings(plain).vae_lr == RecipeSettings().vae_lr

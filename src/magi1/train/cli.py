@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=defaults.init_from, metavar="DEMO_DIR",
                    help="start the VAE and the DiT (and its T5) from a demo folder with vae/, dit/ and t5/ "
                         "(e.g. the shipped src/magi1/demo) instead of from scratch")
+    p.add_argument("--fresh-dit", action="store_true",
+                   help="with --init-from: take only its VAE; the DiT and its T5 start from scratch on the new latents")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
     p.add_argument("--quiet", action="store_true")
@@ -153,7 +155,7 @@ def demo_settings(args):
         caption_variants=args.caption_variants, vae_mlp_ratio=args.vae_mlp_ratio,
         vae_temporal_weight=args.vae_temporal_weight, vae_lr=args.vae_lr, vae_motion_steps=args.vae_motion_steps,
         vae_motion_weight=args.vae_motion_weight, vae_motion_lr=args.vae_motion_lr, dit_lr=args.dit_lr,
-        init_from=args.init_from,
+        init_from=args.init_from, fresh_dit=args.fresh_dit,
         threads=args.threads, progress=not args.quiet, command=args.command_line,
     )
 

@@ -17,7 +17,8 @@ Stages (each resumable; a finished stage is skipped on a rerun):
             official format with paths relative to the JSON; a training log next to the weights.
 
 With `init_from` (a previous demo folder) the VAE stage copies that VAE and the DiT stage starts from that
-DiT and its T5 (and tokenizer) instead of a random init: a new generation built on the last one.
+DiT and its T5 (and tokenizer) instead of a random init: a new generation built on the last one. With
+`fresh_dit` as well, only the VAE is taken over; the DiT and its T5 start from scratch on the new latents.
 
 Everything is a function of the settings and the seed. Weights are stored so that the whole demo stays
 small: the DiTs in bfloat16 like the official checkpoints (their float32 islands in float32), as zstd-compressed
@@ -149,6 +150,7 @@ class RecipeSettings:
     vae_motion_weight: float = 8.0           # its frame-change weight (VAETrainSettings.temporal_weight)
     vae_motion_lr: float = 1e-3
     init_from: str | None = None             # a demo folder (vae/, dit/, t5/) to start from instead of from scratch
+    fresh_dit: bool = False                  # with init_from: its VAE only, a DiT and T5 from scratch
     decoder_steps: int = 1500                # decoder-only fine-tune after the latents are cached
     decoder_lr: float = 1e-3
     dit_clips: int = 600
@@ -174,6 +176,9 @@ class DemoRecipe:
         self.work = Path(settings.workdir)
         self.out = Path(settings.out_dir)
         self.presets = Path(settings.preset_dir)
+        if settings.fresh_dit and not settings.init_from:
+            raise ValueError("--fresh-dit keeps the VAE of --init-from and retrains the DiT; without --init-from "
+                             "everything is trained from scratch already")
         if settings.init_from and Path(settings.init_from).resolve() == self.out.resolve():
             raise ValueError(f"--init-from {settings.init_from} is the output folder; write the new demo elsewhere")
         self.work.mkdir(parents=True, exist_ok=True)
@@ -434,12 +439,13 @@ class DemoRecipe:
         init_dir = self.work / "t5_init"
         # From a previous demo: its T5 and its tokenizer (the Unigram trainer orders the characters the captions
         # never use differently on every run, so this run's tokenizer would not match those T5 weights).
-        text_start = Path(self.s.init_from) / "t5" if self.s.init_from else init_dir
+        from_previous = bool(self.s.init_from) and not self.s.fresh_dit
+        text_start = Path(self.s.init_from) / "t5" if from_previous else init_dir
         tokenizer_folder = resolve_t5_folder(text_start)
         text = TrainableCaptionEncoder(load_t5_module(text_start), tokenizer_folder,
                                        config.model_config.caption_max_length)
         start = None
-        if self.s.init_from:  # a previous generation's DiT and its jointly trained T5, on this run's latents
+        if from_previous:  # a previous generation's DiT and its jointly trained T5, on this run's latents
             from ..checkpoint.loader import load_dit
 
             start = load_dit(config, device="cpu", dtype=torch.float32, load_root=Path(self.s.init_from) / "dit")
