@@ -88,6 +88,7 @@ def test_preview_map_is_recovered_by_the_fit_and_cached_per_vae(tiny_pipeline, t
     latents = torch.randn(2, 16, 3, 4, 4)
     assert tiny_pipeline.latents_to_preview(latents, scale=8).shape == (2, 3, 32, 32, 3)
     for bad, message in (((latents, 0), "scale must be"), ((latents, 2.5), "scale must be"),
-                         ((latents[:, :3], 1), "latents must be"), ((latents[0].numpy(), 1), "latents must be")):
+                         ((latents[:, :3], 1), "latents must be"), ((latents[0].numpy(), 1), "latents must be"),
+                         ((latents * float("nan"), 1), "latents holds 1536 NaN")):
         with pytest.raises(InputError, match=message):  # was a silent scale 1, a repeat_interleave or einsum error
             tiny_pipeline.latents_to_preview(*bad)

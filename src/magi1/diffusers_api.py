@@ -227,8 +227,8 @@ class DiffusersConventions:
         from .call_inputs import tensor_input
 
         channels = self.config.model_config.in_channels
-        if isinstance(latents, np.ndarray):
-            latents = tensor_input(latents, "latents")
+        if isinstance(latents, (np.ndarray, torch.Tensor)):
+            latents = tensor_input(latents, "latents")  # NaN latents would preview as black, with no word why
         if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != channels:
             shape = tuple(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
             raise InputError(f"latents must be a torch tensor or numpy array (videos, {channels}, latent frames, "
