@@ -87,6 +87,11 @@ REFUSED = [
     (["--resume"], "nothing to resume"),
     (["--mode", "i2v"], "needs --image_path"),
     (["--set", "runtime_config.load={in}/no_weights"], "runtime_config.load"),
+    # a flag by another tool's name: one line naming this command's own (was the top-level usage, then
+    # "magi1: error: unrecognized arguments")
+    (["--num_inference_steps", "8"], "--num_inference_steps: use --steps"),
+    (["--fps", "12"], "--fps: it is a config field: --set runtime_config.fps=VALUE"),
+    (["--promt", "a cat"], "--promt: did you mean --prompt?"),
 ]
 
 
@@ -168,6 +173,13 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
 def test_subcommand_help(tmp_path, command):
     done = _run([command, "-h"], tmp_path)
     assert done.returncode == 0 and "usage: magi1" in done.stdout, done.stderr
+
+
+def test_a_mistyped_serve_flag_names_the_close_one(tmp_path):
+    done = _run(["serve", "--prot", "8000"], tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("magi1 serve: error: unrecognized arguments: --prot 8000 "
+                                   "(--prot: did you mean --port?); see `magi1 serve --help`")
 
 
 def test_serve_without_the_server_extra_names_it(tmp_path):

@@ -425,7 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args([*head, name])
         args.rest = rest
     else:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # one line naming the closest flags, not the top-level usage
+            from .cli_suggest import subcommand_parser, unknown_flags_message
+
+            sub = subcommand_parser(parser, args.command) or parser
+            sub.exit(2, f"{sub.prog}: error: {unknown_flags_message(sub, unknown)}\n")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if getattr(args, "quiet", False):
         _silence_library_progress_bars()
