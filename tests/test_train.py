@@ -457,13 +457,26 @@ def test_train_demo_flags_reach_the_recipe_settings():
     args = build_parser().parse_args(["demo", "--vae-lr", "7e-4", "--vae-mlp-ratio", "1.5",
                                       "--vae-temporal-weight", "0.5", "--decoder-steps", "10",
                                       "--vae-motion-steps", "7", "--vae-motion-weight", "2", "--vae-motion-lr", "3e-4",
-                                      "--dit-lr", "1e-4", "--init-from", "old_demo", "--fresh-dit"])
+                                      "--dit-lr", "1e-4", "--init-from", "old_demo", "--fresh-dit", "--dit-hidden", "192"])
     args.command_line = "magi1 train demo"
     settings = demo_settings(args)
     assert (settings.vae_lr, settings.vae_mlp_ratio, settings.vae_temporal_weight, settings.decoder_steps) == (
         7e-4, 1.5, 0.5, 10)
     assert (settings.vae_motion_steps, settings.vae_motion_weight, settings.vae_motion_lr, settings.dit_lr,
-            settings.init_from, settings.fresh_dit) == (7, 2.0, 3e-4, 1e-4, "old_demo", True)
+            settings.init_from, settings.fresh_dit, settings.dit_hidden) == (7, 2.0, 3e-4, 1e-4, "old_demo", True, 192)
     plain = build_parser().parse_args(["demo"])
     plain.command_line = "magi1 train demo"
     assert demo_settings(plain).vae_lr == RecipeSettings().vae_lr
+
+
+def test_demo_dit_width_sets_heads_groups_and_mlp():
+    """--dit-hidden W: heads of 32 in pairs, MLP 4W; the default is the shipped 128-wide DiT."""
+    from magi1.train.demo_recipe import demo_model_config
+
+    shipped = demo_model_config()
+    assert (shipped.hidden_size, shipped.num_attention_heads, shipped.num_query_groups, shipped.ffn_hidden_size) == (
+        128, 4, 2, 512)
+    wide = demo_model_config(64, 8, 192)
+    assert (wide.num_attention_heads, wide.num_query_groups, wide.ffn_hidden_size, wide.kv_channels) == (6, 3, 768, 32)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        demo_model_config(64, 8, 100)

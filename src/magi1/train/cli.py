@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=defaults.out_dir, help="where vae/, t5/, dit/ and the log are written")
     p.add_argument("--preset-dir", default=defaults.preset_dir, help="where demo.json / demo_distill.json go")
     for name in ("seed", "vae_steps", "vae_motion_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips",
-                 "distill_steps", "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers"):
+                 "distill_steps", "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers", "dit_hidden"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--caption-variants", type=int, default=defaults.caption_variants,
                    help="wordings per clip for the DiT (synonyms, short and long forms, counts); 1: canonical only")
@@ -150,6 +150,7 @@ def demo_settings(args):
         workdir=args.workdir, out_dir=args.out_dir, preset_dir=args.preset_dir, seed=args.seed,
         vae_steps=args.vae_steps, decoder_steps=args.decoder_steps, vae_clips=args.vae_clips,
         dit_steps=args.dit_steps, dit_clips=args.dit_clips, dit_layers=args.dit_layers,
+        dit_hidden=args.dit_hidden,
         distill_steps=args.distill_steps, base_steps=args.base_steps, distill_infer_steps=args.distill_infer_steps,
         dit_tokens_per_step=args.dit_tokens_per_step, checkpoint_every_s=args.checkpoint_every,
         caption_variants=args.caption_variants, vae_mlp_ratio=args.vae_mlp_ratio,

@@ -74,16 +74,18 @@ DEMO_SCALE_FACTOR = 0.18215
 DEMO_SEED = 0
 
 
-def demo_model_config(caption_channels: int = 64, num_layers: int = 8) -> ModelConfig:
-    """A tiny MAGI-1 DiT: `num_layers` × 128 wide (8, the shipped demo: 1.95 M parameters; generation 1 had 6),
-    4 query heads of 32 in 2 KV groups, GELU MLP.
+def demo_model_config(caption_channels: int = 64, num_layers: int = 8, hidden_size: int = 128) -> ModelConfig:
+    """A tiny MAGI-1 DiT: `num_layers` × `hidden_size` (8 × 128, the shipped demo: 1.95 M parameters;
+    generation 1 had 6 layers), query heads of 32 (4 at width 128) in KV groups of 2 heads, GELU MLP 4× wide.
 
     Stored and run in bfloat16 like the official models (the float32 islands stay float32); it trains in
     float32 (`training_config`).
     """
+    if hidden_size % 64 or hidden_size <= 0:
+        raise ValueError(f"the demo DiT's width must be a positive multiple of 64 (heads of 32 in pairs), got {hidden_size}")
     return ModelConfig(
-        model_name="videodit_ardf", num_layers=num_layers, hidden_size=128, ffn_hidden_size=512,
-        num_attention_heads=4, num_query_groups=2, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True,
+        model_name="videodit_ardf", num_layers=num_layers, hidden_size=hidden_size, ffn_hidden_size=4 * hidden_size,
+        num_attention_heads=hidden_size // 32, num_query_groups=hidden_size // 64, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True,
         x_rescale_factor=1.0, half_channel_vae=False, params_dtype="torch.bfloat16", patch_size=2, t_patch_size=1,
         in_channels=16, out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
         xattn_cond_hidden_ratio=1.0, cond_gating_ratio=1.0, gated_linear_unit=False,
@@ -155,6 +157,7 @@ class RecipeSettings:
     decoder_lr: float = 1e-3
     dit_clips: int = 600
     dit_layers: int = 8                      # demo_model_config num_layers (generation 1: 6)
+    dit_hidden: int = 128                    # demo_model_config hidden_size (a multiple of 64)
     caption_variants: int = 12               # wordings per clip (train.captions); 1: the canonical caption only
     dit_steps: int = 5000                    # generation 1: 4,000 steps of a 6-layer DiT
     dit_lr: float = 8e-4
@@ -237,7 +240,7 @@ class DemoRecipe:
         rel = lambda p: os.path.relpath(p, self.presets)  # noqa: E731  (paths relative to the JSON)
         paths = {"load": rel(self.dit_root), "t5_pretrained": rel(self.t5_root), "vae_pretrained": rel(self.vae_dir)}
         steps = self.s.distill_infer_steps if distill else self.s.base_steps
-        model_config = demo_model_config(DEMO_T5_DIMS["d_model"], self.s.dit_layers)
+        model_config = demo_model_config(DEMO_T5_DIMS["d_model"], self.s.dit_layers, self.s.dit_hidden)
         config = demo_config(model_config, distill=distill, num_steps=steps, paths=paths, size=self.s.size)
         config.source_dir = str(self.presets.resolve())
         return config
