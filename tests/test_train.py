@@ -426,6 +426,12 @@ def test_demo_recipe_fresh_dit_keeps_only_the_previous_vae(tmp_path, monkeypatch
                               preset_dir=str(tmp_path / "p1"), **tiny)).run()
     with pytest.raises(ValueError, match="--fresh-dit keeps the VAE of --init-from"):
         DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w0"), out_dir=str(tmp_path / "x"), fresh_dit=True, **tiny))
+    with pytest.raises(ValueError, match=r"has a DiT of other sizes .* add --fresh-dit"):  # before any stage runs
+        DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w0"), out_dir=str(tmp_path / "x"), dit_hidden=192,
+                                  init_from=str(tmp_path / "old"), **tiny))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        DemoRecipe(RecipeSettings(workdir=str(tmp_path / "w0"), out_dir=str(tmp_path / "x"), dit_hidden=100, **tiny))
+    assert not (tmp_path / "w0").exists()
 
     real_load_dit, loaded_from = loader.load_dit, []
 

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=defaults.out_dir, help="where vae/, t5/, dit/ and the log are written")
     p.add_argument("--preset-dir", default=defaults.preset_dir, help="where demo.json / demo_distill.json go")
     for name in ("seed", "vae_steps", "vae_motion_steps", "decoder_steps", "vae_clips", "dit_steps", "dit_clips",
-                 "distill_steps", "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers", "dit_hidden"):
+                 "distill_steps", "base_steps", "distill_infer_steps", "dit_tokens_per_step", "dit_layers",
+                 "dit_hidden"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--caption-variants", type=int, default=defaults.caption_variants,
                    help="wordings per clip for the DiT (synonyms, short and long forms, counts); 1: canonical only")
@@ -164,7 +165,12 @@ def demo_settings(args):
 def _demo(args) -> int:
     from .demo_recipe import DemoRecipe
 
-    outcome = DemoRecipe(demo_settings(args)).run()
+    try:  # the settings are checked before any stage runs: a refusal is one line, not a traceback
+        recipe = DemoRecipe(demo_settings(args))
+    except ValueError as err:
+        print(f"magi1 train demo: error: {err}", file=sys.stderr)
+        return 2
+    outcome = recipe.run()
     print(f"demo model trained in {outcome['seconds'] / 60:.1f} min; log: {Path(args.out_dir) / 'training_log.txt'}")
     return 0
 

@@ -82,10 +82,12 @@ def demo_model_config(caption_channels: int = 64, num_layers: int = 8, hidden_si
     float32 (`training_config`).
     """
     if hidden_size % 64 or hidden_size <= 0:
-        raise ValueError(f"the demo DiT's width must be a positive multiple of 64 (heads of 32 in pairs), got {hidden_size}")
+        raise ValueError(f"the demo DiT's width must be a positive multiple of 64 (heads of 32 in pairs), "
+                         f"got {hidden_size}")
     return ModelConfig(
         model_name="videodit_ardf", num_layers=num_layers, hidden_size=hidden_size, ffn_hidden_size=4 * hidden_size,
-        num_attention_heads=hidden_size // 32, num_query_groups=hidden_size // 64, kv_channels=32, layernorm_epsilon=1e-6, apply_layernorm_1p=True,
+        num_attention_heads=hidden_size // 32, num_query_groups=hidden_size // 64, kv_channels=32,
+        layernorm_epsilon=1e-6, apply_layernorm_1p=True,
         x_rescale_factor=1.0, half_channel_vae=False, params_dtype="torch.bfloat16", patch_size=2, t_patch_size=1,
         in_channels=16, out_channels=16, cond_hidden_ratio=0.25, caption_channels=caption_channels, caption_max_length=64,
         xattn_cond_hidden_ratio=1.0, cond_gating_ratio=1.0, gated_linear_unit=False,
@@ -184,6 +186,9 @@ class DemoRecipe:
                              "everything is trained from scratch already")
         if settings.init_from and Path(settings.init_from).resolve() == self.out.resolve():
             raise ValueError(f"--init-from {settings.init_from} is the output folder; write the new demo elsewhere")
+        demo_model_config(hidden_size=settings.dit_hidden)  # a bad width is refused now, not after the VAE stages
+        if settings.init_from and not settings.fresh_dit:
+            self._check_previous_dit_fits()
         self.work.mkdir(parents=True, exist_ok=True)
         self.presets.mkdir(parents=True, exist_ok=True)  # relative paths in the config go through it
         self.loss_log = self.work / "loss_log.txt"
@@ -191,6 +196,24 @@ class DemoRecipe:
         self.cpu_timings: dict[str, float] = self._read_json("cpu_timings.json", {})
         self._clock: tuple[float, float] = (time.perf_counter(), time.process_time())
         self.results: dict[str, dict] = self._read_json("results.json", {})
+
+    def _check_previous_dit_fits(self) -> None:
+        """Refuse at once, not after the VAE stages, a previous DiT whose sizes differ from this run's."""
+        from ..checkpoint.loader import CheckpointReader
+        from ..models.dit import MagiDiT
+
+        with torch.device("meta"):  # shapes only, no memory
+            wanted = MagiDiT(self.config(distill=False).model_config).state_dict()
+        reader = CheckpointReader(Path(self.s.init_from) / "dit" / "inference_weight")
+        try:
+            stored = set(reader.keys())
+            for name, tensor in wanted.items():
+                if name in stored and tuple(reader[name].shape) != tuple(tensor.shape):
+                    raise ValueError(f"--init-from {self.s.init_from} has a DiT of other sizes ({name}: "
+                                     f"{tuple(reader[name].shape)}, this run: {tuple(tensor.shape)}); add --fresh-dit "
+                                     f"to keep only its VAE and train a new DiT")
+        finally:
+            reader.close()
 
     # ------------------------------------------------------------------ bookkeeping
     def _read_json(self, name: str, default):
