@@ -94,7 +94,7 @@ def overlap_for(pipe, *, setting: str | None = None, log: bool = True) -> Overla
     key = (choice.overlap, choice.worker_threads, choice.reason)
     if log and key not in _logged:
         _logged.add(key)
-        logger.info("%s", choice.describe())
+        logger.info("magi1: %s", choice.describe())
     return choice
 
 
