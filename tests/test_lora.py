@@ -72,6 +72,35 @@ def test_dataset_scanner_pairs_captions_and_reports_every_bad_file(tmp_path):
     assert "6 file(s) not used" in scan.summary()
 
 
+def test_hugging_face_metadata_files_caption_the_clips_they_name(tmp_path):
+    import json
+
+    from magi1.lora.dataset import scan_folder
+
+    _write_clip(tmp_path, "a", 30, None)
+    _write_clip(tmp_path, "b", 30, "the sidecar caption")  # a .txt beside the file wins over its row
+    _write_clip(tmp_path, "untitled", 30, None)
+    rows = [{"file_name": "a.mp4", "text": "a red square falls"}, {"file_name": "b.mp4", "text": "the row"},
+            {"file_name": "gone.mp4", "text": "no such file"}, {"file_name": "untitled.mp4", "tags": "x"}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "sub").mkdir()
+    _write_clip(tmp_path / "sub", "c", 30, None)
+    _write_clip(tmp_path / "sub", "d", 30, None)
+    (tmp_path / "sub" / "metadata.csv").write_text('file_name,caption\nc.mp4,"a blue square, then a ball"\nd.mp4,\n')
+
+    scan = scan_folder(tmp_path, fps=24, min_frames=24)
+    assert {i.path.name: i.caption for i in scan.items} == {
+        "a.mp4": "a red square falls", "b.mp4": "the sidecar caption", "c.mp4": "a blue square, then a ball"}
+    reasons = sorted(str(p.relative_to(tmp_path)) if p.is_absolute() else str(p) for p in
+                     (problem.path for problem in scan.problems))
+    text = "\n".join(str(problem) for problem in scan.problems)
+    assert reasons == ["metadata.jsonl", "metadata.jsonl", "sub/d.mp4", "untitled.mp4"], text
+    assert "row 3 names gone.mp4, which is not there" in text
+    assert "row 4 needs file_name and one of text, caption, prompt (has file_name, tags)" in text
+    assert "d.mp4: caption is empty" in text
+    assert "no caption file untitled.txt (nor a metadata.jsonl / metadata.csv row)" in text
+
+
 def test_buckets_keep_the_area_and_videos_are_cut_into_whole_chunks():
     from magi1.lora.buckets import Bucket, bucket_sizes, nearest_bucket, whole_chunk_segments
 
@@ -327,6 +356,20 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     error = capsys.readouterr().err
     assert "was made for a DiT with 2 layers of width 64, MLP 96 (another model)" in error
     assert not (tmp_path / "never.mp4").exists()
+
+
+def test_train_lora_reads_a_hugging_face_videofolder_from_the_command_line(tiny_model, tmp_path):
+    data = tmp_path / "videofolder"
+    data.mkdir()
+    for index in range(2):
+        _write_clip(data, f"clip{index}", 30, None, seed=index)
+    (data / "metadata.csv").write_text("file_name,text\nclip0.mp4,a red square falls\nclip1.mp4,a red square rests\n")
+    done = _run_magi1("train", "lora", "--config_file", str(tiny_model), "--data", str(data), "--out",
+                      str(tmp_path / "lora"), "--plan_only", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 videos and 0 images with captions" in done.stdout and "not used" not in done.stdout
+    report = (tmp_path / "lora" / "dataset_report.txt").read_text()
+    assert "a red square falls" in report and "a red square rests" in report
 
 
 def test_hue_fraction_counts_the_new_colour_and_none_of_the_demo_palette():

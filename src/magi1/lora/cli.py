@@ -39,7 +39,7 @@ def add_lora_parser(subparsers) -> None:
     p = subparsers.add_parser("lora", help="train LoRA adapters (or the whole DiT) on your own captioned clips",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_file", default="demo", help="official config JSON or preset (4.5B_base, demo, ...)")
-    p.add_argument("--data", required=True, help="folder of videos / images with same-name .txt captions")
+    p.add_argument("--data", required=True, help="folder of videos / images, each with a same-name .txt caption or a row in a metadata.jsonl / metadata.csv (file_name, text)")
     p.add_argument("--out", required=True, help="folder the LoRA (and the run's state, cache, samples) goes into")
     g = p.add_argument_group("adapters")
     g.add_argument("--rank", type=positive_int, default=16)

@@ -6,9 +6,12 @@
       still_life.png   still_life.txt    (images train as one-frame clips)
       more/clip3.webm  more/clip3.txt    (sub-folders are scanned too)
 
-This is the layout musubi-tuner and diffusion-pipe read. Every file that cannot be used is reported with its
-reason (no caption, empty caption, unreadable, too short for one chunk, a caption with nothing beside it, a file
-type that is neither), never dropped silently; the good ones are returned.
+This is the layout musubi-tuner and diffusion-pipe read. The Hugging Face `imagefolder` / `videofolder` layout
+works too: a `metadata.jsonl` or `metadata.csv` in a folder, one row per file, with its path relative to that
+folder in `file_name` and its caption in `text` (or `caption`, or `prompt`); a same-name `.txt` beside a file
+wins over its row. Every file that cannot be used is reported with its reason (no caption, empty caption,
+unreadable, too short for one chunk, a caption with nothing beside it, a file type that is neither), never
+dropped silently; the good ones are returned.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_SUFFIX = ".txt"
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+CAPTION_COLUMNS = ("text", "caption", "prompt")  # the first one a row has is its caption
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,51 @@ def _read_caption(path: Path) -> str | None:
         return None
 
 
+def _metadata_rows(path: Path) -> list[dict]:
+    """The rows of a metadata.jsonl (one JSON object per line) or metadata.csv (a header row)."""
+    import csv
+    import json
+
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {number} is not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _metadata_captions(files: list[Path], problems: list[Problem]) -> dict[Path, str]:
+    """Captions from every metadata.jsonl / metadata.csv among `files`, keyed by the media path they name."""
+    captions: dict[Path, str] = {}
+    for meta in (f for f in files if f.name in METADATA_NAMES):
+        try:
+            rows = _metadata_rows(meta)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            problems.append(Problem(meta, f"not a readable metadata file ({err})"))
+            continue
+        for number, row in enumerate(rows, 1):
+            name = row.get("file_name")
+            column = next((c for c in CAPTION_COLUMNS if c in row), None)
+            if not name or column is None:
+                problems.append(Problem(meta, f"row {number} needs file_name and one of {', '.join(CAPTION_COLUMNS)} "
+                                              f"(has {', '.join(map(str, row)) or 'nothing'})"))
+                continue
+            target = meta.parent / str(name)
+            if not target.is_file():
+                problems.append(Problem(meta, f"row {number} names {name}, which is not there"))
+                continue
+            captions[target.resolve()] = str(row[column] if row[column] is not None else "").strip()
+    return captions
+
+
 def _frames_at(num_frames: int, source_fps: float, fps: float) -> int:
     """Frames a clip gives when re-timed to `fps` (the loader's fps filter): its duration times fps."""
     if not source_fps:
@@ -92,9 +142,10 @@ def scan_folder(root: str | Path, *, fps: float, min_frames: int) -> DatasetScan
     files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".")
                                                                           for part in p.relative_to(root).parts))
     media_stems = set()
+    from_metadata = _metadata_captions(files, scan.problems)
     for path in files:
         suffix = path.suffix.lower()
-        if suffix == CAPTION_SUFFIX:
+        if suffix == CAPTION_SUFFIX or path.name in METADATA_NAMES:
             continue
         if suffix not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
             scan.problems.append(Problem(path, f"not a video ({', '.join(VIDEO_SUFFIXES)}) or image "
@@ -102,10 +153,14 @@ def scan_folder(root: str | Path, *, fps: float, min_frames: int) -> DatasetScan
             continue
         media_stems.add(path.with_suffix(""))
         caption_path = path.with_suffix(CAPTION_SUFFIX)
-        if not caption_path.is_file():
-            scan.problems.append(Problem(path, f"no caption file {caption_path.name}"))
+        if caption_path.is_file():
+            caption = _read_caption(caption_path)
+        elif path.resolve() in from_metadata:
+            caption, caption_path = from_metadata[path.resolve()], path  # an empty one is reported against the file
+        else:
+            scan.problems.append(Problem(path, f"no caption file {caption_path.name} (nor a metadata.jsonl / "
+                                               f"metadata.csv row)"))
             continue
-        caption = _read_caption(caption_path)
         if caption is None:
             scan.problems.append(Problem(caption_path, "caption is not readable UTF-8 text"))
             continue

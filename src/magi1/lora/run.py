@@ -95,7 +95,8 @@ class LoraRun:
             "".join(f"{i.kind}\t{i.path}\t{i.width}x{i.height}\t{i.num_frames} frames\t{i.caption}\n"
                     for i in scan.items) + "".join(f"NOT USED\t{line}\n" for line in lines))
         if not scan.items:
-            raise InputError(f"{self.args.data} holds no usable video or image with a same-name .txt caption")
+            raise InputError(f"{self.args.data} holds no usable video or image with a caption (a same-name .txt, or a "
+                             f"metadata.jsonl / metadata.csv row)")
         if self.args.strict and scan.problems:
             raise InputError(f"{len(scan.problems)} file(s) of {self.args.data} cannot be used (listed above) and "
                              f"--strict is set")
