@@ -175,6 +175,14 @@ def test_subcommand_help(tmp_path, command):
     assert done.returncode == 0 and "usage: magi1" in done.stdout, done.stderr
 
 
+@pytest.mark.parametrize("argv, listed", [([], ["generate", "serve", "download", "contact-sheet"]),
+                                           (["train"], ["demo", "lora", "distill"])])
+def test_a_bare_command_lists_what_it_can_do(tmp_path, argv, listed):
+    done = _run(argv, tmp_path)  # `magi1` or `magi1 train` alone: the commands with a line each, not an error
+    assert done.returncode == 2 and "the following arguments are required" not in done.stderr, done.stderr
+    assert all(f"\n    {name} " in done.stderr for name in listed), done.stderr
+
+
 def test_a_mistyped_serve_flag_names_the_close_one(tmp_path):
     done = _run(["serve", "--prot", "8000"], tmp_path)
     assert done.returncode == 2, done.stderr

@@ -419,6 +419,9 @@ def _silence_library_progress_bars() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if not argv:  # a bare `magi1`: the commands and what each does, not "the following arguments are required"
+        parser.print_help(sys.stderr)
+        return 2
     words = [i for i, word in enumerate(argv) if not word.startswith("-")]
     if words and argv[words[0]] in DELEGATED:  # argparse would take their -h as its own unknown flag
         head, name, rest = argv[:words[0]], argv[words[0]], argv[words[0] + 1:]

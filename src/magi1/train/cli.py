@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_train(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:  # a bare `magi1 train`: what it can train, not "the following arguments are required: what"
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     args.command_line = "magi1 train " + " ".join(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
