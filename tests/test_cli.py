@@ -51,6 +51,11 @@ def test_generate_i2v_with_chunk_prompts(tiny_model, tmp_path):
                  "--output_path", str(out), "--quiet"])
     # 24 frames + the image frame = 7 latent frames -> 2 chunks of 24 frames.
     assert code == 0 and probe_video(out).num_frames == 48
+    from magi1.run_tags import read_run_settings
+
+    settings = read_run_settings(out)  # the chunk prompts are kept; the image's path is not
+    assert settings["mode"] == "i2v" and settings["chunk_prompts"] == {"0": "a ball", "1": "a square"}
+    assert "prompt" not in settings and str(tmp_path) not in json.dumps(settings)
 
 
 @pytest.mark.parametrize("extra, message", [

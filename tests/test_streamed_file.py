@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 
+import magi1
 import magi1.io.chunked_mp4 as chunked_mp4
 from magi1.cli import main
 from magi1.io.chunked_mp4 import ChunkedMp4Writer
@@ -41,6 +42,11 @@ def _decode(path: Path) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0,), np.uint8)
 
 
+# What `_args` records in the file (magi1.run_tags): the config's file name, never its folder.
+CLI_SETTINGS = {"magi1": magi1.__version__, "config": "config.json", "mode": "t2v", "prompt": "a ball", "seed": 3,
+                "steps": 4, "num_frames": 72, "width": 32, "height": 32, "fps": 24}
+
+
 def _args(tiny_model, out: Path) -> list[str]:
     return ["generate", "--config_file", str(tiny_model), "--prompt", "a ball", "--num_frames", "72", "--seed", "3",
             "--threads", "1", "--output_path", str(out), "--quiet"]
@@ -49,8 +55,12 @@ def _args(tiny_model, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tiny_pipeline, tmp_path_factory):
     """An uninterrupted run of the same request: (decoded frames, file bytes)."""
+    from magi1.run_tags import with_run_settings
+
     out = tmp_path_factory.mktemp("reference") / "ref.mp4"
-    tiny_pipeline.generate_to_file(out, prompt="a ball", num_frames=72, seed=3, progress=False)
+    # The CLI records its settings in the mp4's tags; the same tags here make the same bytes.
+    tiny_pipeline.generate_to_file(out, prompt="a ball", num_frames=72, seed=3, progress=False,
+                                   metadata=with_run_settings(None, CLI_SETTINGS))
     return _decode(out), out.read_bytes()
 
 
@@ -97,6 +107,9 @@ def test_file_fills_per_chunk_survives_kill_9_and_resumes_to_the_same_bytes(tiny
     np.testing.assert_array_equal(_decode(out), ref_frames)
     assert out.read_bytes() == ref_bytes
     assert not partial_path_for(out).exists() and not resume_state_path(out).exists()
+    from magi1.run_tags import read_run_settings  # what made it, as ffprobe shows it
+
+    assert read_run_settings(out) == CLI_SETTINGS
 
 
 def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_file(tiny_model, tmp_path, reference, capsys,

@@ -253,6 +253,11 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
         prompt, chunk_prompts, metadata = enhanced.prompt, enhanced.chunk_prompts, enhanced.video_metadata()
         if output_rank:
             print(enhanced.describe(), flush=True)
+    from .run_tags import run_settings, with_run_settings
+
+    metadata = with_run_settings(metadata, run_settings(config, config_name=args.config_file, mode=mode,
+                                                        prompt=prompt, chunk_prompts=chunk_prompts,
+                                                        loras=getattr(args, "lora", None)))
     pipe = MagiPipeline.from_pretrained(config, device=ctx.device if ctx else args.device, dtype=args.dtype,
                                         special_tokens_path=args.special_tokens, parallel=ctx,
                                         offload=args.offload, blocks_on_device=args.blocks_on_device,
