@@ -149,3 +149,20 @@ def test_download_fetches_exactly_the_needed_folders_and_refetches_a_short_file(
     assert calls["snapshot"] == (REPO, HubVariant("4.5B_distill").allow_patterns)
     assert calls["refetched"] == [("ckpt/vae/config.json", True)]  # 2 bytes where the hub lists 99
     assert calls["tokens"] == tmp_path / "example/assets/special_tokens.npz"
+
+
+def test_download_without_a_reachable_hub_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run([sys.executable, "-m", "magi1.cli", "download", "4.5B_distill", "--dir", str(tmp_path / "w")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"magi1 download: error: could not fetch 4.5B_distill from {REPO}: cannot reach the "
+                            f"Hugging Face Hub at http://127.0.0.1:{port} (")
+    assert "HF_ENDPOINT" in error and "HF_HUB_OFFLINE=1" in error and "Traceback" not in done.stderr

@@ -322,8 +322,7 @@ def download(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | No
     except Exception as err:  # no connection and no cached copy, a gated repo, a bad revision, ...
         if not _is_transfer_error(err):
             raise
-        raise MissingWeightsError(f"could not fetch {variant} from {repo_id}: {type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise MissingWeightsError(f"could not fetch {variant} from {repo_id}: {transfer_reason(err, repo_id)}") from None
     try:
         sizes = _hub_sizes(HfApi(token=token), repo_id, spec, revision)
     except Exception as err:  # the hub went away after the download: check the files themselves
@@ -346,6 +345,31 @@ def download(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | No
                                   f"weights are in {root}: run the command again to finish") from None
     verify(root, spec, repo_id=repo_id, cache_dir=cache_dir, local_dir=local_dir, revision=revision, sizes=sizes)
     return root
+
+
+def transfer_reason(err: BaseException, repo_id: str) -> str:
+    """What went wrong with a hub transfer, and what to do, in a clause (not huggingface_hub's paragraph)."""
+    from huggingface_hub import constants
+
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:  # the error, then what caused it, innermost last
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    names = {type(e).__name__ for e in chain}
+    innermost = str(chain[-1]).splitlines()[0] if str(chain[-1]) else type(chain[-1]).__name__
+    if any(isinstance(e, ConnectionError) for e in chain) or names & {"ConnectError", "ConnectTimeout", "gaierror"}:
+        return (f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({innermost}); check the network or "
+                f"proxy, set HF_ENDPOINT to use a mirror, or copy the files in and run with HF_HUB_OFFLINE=1")
+    if "GatedRepoError" in names:
+        return (f"{repo_id} is gated: accept its terms on its hub page, then log in (`hf auth login`, or set "
+                f"HF_TOKEN)")
+    if "RepositoryNotFoundError" in names:
+        return f"no repository {repo_id} on {constants.ENDPOINT} (or it is private: log in with `hf auth login`)"
+    if "RevisionNotFoundError" in names:
+        return f"{repo_id} has no such revision ({innermost})"
+    first = chain[0]
+    return f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}"
 
 
 def _is_transfer_error(err: BaseException) -> bool:
