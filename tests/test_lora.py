@@ -343,6 +343,9 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     assert np.array_equal(generate("scale0.mp4", "--lora", f"{out}:0"), base)
     fused = generate("with_lora.mp4", "--lora", f"{out}:0.7", "--fuse_lora")
     assert fused.shape == base.shape == (24, 32, 32, 3)
+    from magi1.run_tags import read_run_settings
+
+    assert read_run_settings(tmp_path / "with_lora.mp4")["lora"] == ["my_lora:0.7"]  # its name, not its path
 
     # A LoRA made for another model: one sentence, exit code 2, before anything is generated.
     donor = _tiny_dit(ffn_hidden_size=96)

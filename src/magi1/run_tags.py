@@ -41,18 +41,10 @@ def run_settings(config, *, config_name: str, mode: str, prompt: str, chunk_prom
 
 def _lora_name(spec: str) -> str:
     """'/data/loras/cyan:0.8' -> 'cyan:0.8' (the folder's name and the scale)."""
-    folder, sep, scale = spec.rpartition(":")
-    if not sep or not _is_number(scale):
-        folder, scale = spec, ""
-    return Path(folder).name + (f":{scale}" if scale else "")
+    from .lora.pipeline_api import parse_lora_spec
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    folder, scale = parse_lora_spec(spec)
+    return f"{Path(folder).name}:{scale:g}"
 
 
 def with_run_settings(tags: Mapping[str, str] | None, settings: dict) -> dict[str, str]:
