@@ -172,6 +172,9 @@ def test_the_videos_api_through_the_openai_package(with_model):
     assert video.prompt == "a red ball" and MOTION in extras["enhanced"]["prompt"]
     tags = mp4_tags(api.videos.download_content(video.id).read())
     assert tags["description"] == extras["enhanced"]["prompt"]
+    run = json.loads(tags["comment"])["magi1_run"]  # what made it, as `magi1 generate` records it
+    assert run["config"] == video.model and run["prompt"] == extras["enhanced"]["prompt"]
+    assert (run["mode"], run["steps"], run["width"], run["height"]) == ("t2v", 4, 32, 32)
     with pytest.raises(openai.BadRequestError) as refused:
         api.videos.create(prompt="a ball", extra_body={"enhance": [1]})
     assert refused.value.body["param"] == "enhance"

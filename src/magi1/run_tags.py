@@ -1,4 +1,5 @@
-"""What made a video, written into its mp4: the settings of a `magi1 generate` run as container tags.
+"""What made a video, written into its mp4: the settings of a `magi1 generate` run (or a server job, with the
+server's model id as its config) as container tags.
 
 A video found later says how to make it again: `ffprobe out.mp4` (or any player's media info) shows the prompt
 as `description` and the run's settings as JSON in `comment`, under the key `magi1_run`, beside the

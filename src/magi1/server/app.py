@@ -75,6 +75,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     store = JobStore(settings, pipeline_factory, config=config)
     store.live_jobs = LiveJobs()  # jobs watched over WS /v1/realtime/video (live_jobs.py)
     store.enhance_settings = enhance_settings or EnhanceSettings()  # read by the worker (job_enhance.py)
+    store.model_id = model_id  # named in each video's tags (job_runner.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -46,6 +46,27 @@ def run_job(store, job: Job) -> None:
         _render(store, job, None, enhanced)
 
 
+def _with_run_settings(store, pipeline, mode: str, kwargs: dict, metadata):
+    """The job's settings in its mp4's tags, as `magi1 generate` writes them (magi1.run_tags); left out for a
+    pipeline without a MagiConfig (the tests' fakes)."""
+    from magi1.config import MagiConfig
+    from magi1.errors import InputError
+    from magi1.preflight import call_config
+    from magi1.run_tags import run_settings, with_run_settings
+
+    config = getattr(pipeline, "config", None)
+    if not isinstance(config, MagiConfig):
+        return metadata
+    try:
+        config = call_config(config, num_frames=kwargs["num_frames"], height=kwargs["height"], width=kwargs["width"],
+                             num_inference_steps=kwargs["num_inference_steps"], seed=kwargs["seed"])
+    except InputError:  # the render refuses it in its own words
+        return metadata
+    settings = run_settings(config, config_name=getattr(store, "model_id", "magi1"), mode=mode,
+                            prompt=kwargs["prompt"], chunk_prompts=kwargs["chunk_prompts"])
+    return with_run_settings(metadata, settings)
+
+
 class _ResumeRefused(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -66,6 +87,7 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
         kwargs["prompt"] = enhanced.prompt
         kwargs["chunk_prompts"] = dict(enhanced.chunk_prompts) if enhanced.chunk_prompts else None
         metadata = enhanced.video_metadata()
+    metadata = _with_run_settings(store, pipeline, job.request.mode, kwargs, metadata)
     if job.request.mode == "i2v":
         kwargs["image"] = str(job.input_path)
     elif job.request.mode == "v2v":
