@@ -85,3 +85,31 @@ def test_submitted_chunks_are_finished_when_the_submitter_fails():
             worker.submit(1)
             raise KeyboardInterrupt  # Ctrl-C while the sampler runs: the finished chunks still reach the file
     assert handled == [0, 1]
+
+
+def test_a_float32_decode_on_the_worker_never_runs_inside_the_samplers_bf16_input_gemm(monkeypatch):
+    """oneDNN's bf16-input switch (the DiT's float32 islands on AMX-class CPUs) is process-wide: a float32 VAE
+    GEMM that the worker ran meanwhile would round its operands to bf16 and give another frame now and then
+    (seen: the same seed, another video, one run in six). The worker's torch calls wait for the island."""
+    import torch
+    import torch.nn.functional as F
+
+    from magi1.ops import cpu_paths
+
+    monkeypatch.setattr(cpu_paths, "_islands", cpu_paths.Decision("bf16-inputs", "test"))
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 512, generator=g), torch.randn(256, 512, generator=g)
+    want = F.linear(x, w)  # plain float32, as without any island
+    results, started = [], threading.Event()
+
+    def decode(item):
+        started.set()
+        results.append(F.linear(x, w))
+
+    with ChunkWorker(decode) as worker:
+        with cpu_paths.bf16_input_gemms():  # the sampler is inside an island GEMM when the chunk arrives
+            worker.submit(0)
+            assert started.wait(5)
+            time.sleep(0.2)
+            assert not results  # the worker's GEMM waits for the island to end
+    assert len(results) == 1 and torch.equal(results[0], want)

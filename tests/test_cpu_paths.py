@@ -182,3 +182,34 @@ def test_bf16_input_island_equals_float32_product_and_restores_the_switch(monkey
     # float32 operands that are not bf16 values never take the bf16-input path
     xf = torch.randn(64, 512, generator=g)
     torch.testing.assert_close(half_math.float32_linear_of(xf, w.float()), F.linear(xf, w.float()), rtol=0, atol=0)
+
+
+def test_a_shielded_thread_computes_float32_while_another_holds_the_switch(monkeypatch):
+    """Without the shield a float32 GEMM on another thread takes the switch's bf16 rounding (where oneDNN has
+    bf16 at all); with it, the thread waits and computes the plain float32 bits."""
+    import threading
+
+    monkeypatch.setattr(cpu_paths, "_islands", cpu_paths.Decision("bf16-inputs", "test"))
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(32, 512, generator=g), torch.randn(128, 512, generator=g)
+    want = F.linear(x, w)
+    got = {}
+
+    def other_thread():
+        with cpu_paths.shielded_from_bf16_input_gemms("cpu"):
+            got["y"] = F.linear(x, w)
+
+    with cpu_paths.bf16_input_gemms():
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()  # blocked until the island ends
+    thread.join(5)
+    assert torch.equal(got["y"], want)
+    # decided "fp32": the switch is never used, so shielded calls take no lock at all
+    monkeypatch.setattr(cpu_paths, "_islands", cpu_paths.Decision("fp32", "test"))
+    with cpu_paths.bf16_input_gemms():
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive()

@@ -32,7 +32,9 @@ def free_port() -> int:
 
 
 def run(args: list[str], *, processes: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # bf16-input islands forced: the path whose process-wide oneDNN switch once leaked into the one-process
+    # run's decode worker (another video than the two-process runs', which have no worker), on every machine.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MAGI1_FP32_ISLANDS="bf16-inputs")
     if processes:
         command = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(free_port()),
                    str(MAGI1), *args]

@@ -21,6 +21,7 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .ops import cpu_paths
 from .runtime import side_stream
 
 _STOP = object()
@@ -60,7 +61,8 @@ class ChunkWorker:
                 self._on_start()
             except BaseException as err:  # noqa: BLE001 - re-raised in the submitting thread
                 self._error, self._failed = err, True
-        with side_stream(self._device):
+        # A CPU worker's float32 math must not run while the sampler's island GEMM flips oneDNN to bf16.
+        with side_stream(self._device), cpu_paths.shielded_from_bf16_input_gemms(self._device):
             while True:
                 item = self._queue.get()
                 if item is _STOP:

@@ -29,6 +29,7 @@ with injected reports; `describe()` lists the decisions taken in this process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -36,10 +37,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +283,9 @@ class bf16_input_gemms:
 
     The switch is process-wide: torch reads it from global state, not per thread. It is held under a lock for
     the duration of one GEMM; a float32 GEMM that another thread runs meanwhile would also round its operands
-    to bf16. magi1's only concurrent thread is the chunk decode/encode worker, which runs the VAE in the
-    pipeline's dtype - bf16 whenever the DiT is (the only case this switch is used) - whose GEMMs are bf16
-    GEMMs and are not affected. Without oneDNN bf16 support the switch has no effect at all.
+    to bf16 (seen: the chunk decode worker's float32 VAE, on the CPU, gave another frame now and then). So a
+    thread that runs torch math beside the sampler runs it under `shielded_from_bf16_input_gemms`, which
+    takes the same lock around each of its torch calls. Without oneDNN bf16 support the switch has no effect.
     """
 
     def __enter__(self):
@@ -298,6 +300,35 @@ class bf16_input_gemms:
         finally:
             _lock.release()
         return False
+
+
+class _OneTorchCallAtATime(TorchFunctionMode):
+    """Holds the switch's lock around every torch call of the thread it is entered on (modes are per thread)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _islands is not None and _islands.choice != "bf16-inputs":  # decided: the switch is never used
+            return func(*args, **kwargs)
+        with _lock:
+            return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def shielded_from_bf16_input_gemms(device: torch.device | str | None = None) -> Iterator[None]:
+    """Within this block, the calling thread's torch calls never run while another thread holds
+    `bf16_input_gemms`, so its float32 GEMMs keep float32 operands and give the same bits every run.
+
+    For threads other than the sampler's (the chunk decode worker, a preview fit): each torch call waits for
+    at most one island GEMM, and an island GEMM for at most one call. device: the device the thread computes
+    on; an accelerator's kernels do not read the CPU switch, so there it is a no-op.
+    """
+    from ..runtime import is_accelerator
+
+    if device is not None and is_accelerator(torch.device(device)):
+        yield
+        return
+    with _OneTorchCallAtATime():
+        yield
 
 
 def describe() -> dict[str, str]:

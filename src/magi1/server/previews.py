@@ -63,8 +63,11 @@ class JobPreviews:
             self._warming.add(key)
 
         def warm() -> None:
-            try:
-                pipeline.latent_preview  # loads the shipped / cached map, or fits it once
+            from ..ops import cpu_paths
+
+            try:  # a fit decodes with the VAE beside a running job: shielded, so the fit is the same every time
+                with cpu_paths.shielded_from_bf16_input_gemms(getattr(pipeline, "vae_device", None)):
+                    pipeline.latent_preview  # loads the shipped / cached map, or fits it once
             except Exception as err:
                 logger.info("latent previews are off: %s", err)
 
