@@ -69,7 +69,7 @@ def test_dataset_scanner_pairs_captions_and_reports_every_bad_file(tmp_path):
     assert "shorter than one chunk" in reasons["too_short.mp4"]
     assert "not a readable video" in reasons["broken.mp4"]
     assert "no video or image" in reasons["orphan.txt"]
-    assert "6 file(s) not used" in scan.summary()
+    assert "6 entries not used" in scan.summary()
 
 
 def test_hugging_face_metadata_files_caption_the_clips_they_name(tmp_path):

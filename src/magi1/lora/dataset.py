@@ -62,7 +62,8 @@ class DatasetScan:
     def summary(self) -> str:
         text = f"{self.root}: {len(self.videos)} videos and {len(self.images)} images with captions"
         if self.problems:
-            text += f"; {len(self.problems)} file(s) not used (listed above)"
+            count = len(self.problems)  # files, captions and metadata rows alike
+            text += f"; {count} {'entry' if count == 1 else 'entries'} not used (listed above)"
         return text
 
 
