@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -112,6 +115,24 @@ def test_extending_keeps_the_source_frames_exactly_however_often(magi1_server, c
     continuation = httpx.get(f"{magi1_server.url}/v1/jobs/{twice.id.removeprefix('video_')}/video", headers=AUTH)
     np.testing.assert_array_equal(twice_frames[len(once_frames):], decode_mp4(continuation.content))
 
+
+
+def test_an_extension_continues_as_magi1_generate_v2v_does_on_the_same_clip(client, source, tmp_path):
+    """The job conditions on the source's own frames (a lossless clip), so continuing the same mp4 with the CLI
+    and the same seed gives the same frames (when it conditioned on a CRF 23 re-encode: up to 71/255 off)."""
+    video, mp4 = source
+    original = decode_mp4(mp4)
+    (tmp_path / "source.mp4").write_bytes(mp4)
+    extension = wait_until_finished(client, extend_by_id(client, video.id).id)
+    assert extension.status == "completed"
+    continuation = decode_mp4(client.videos.download_content(extension.id).read())[len(original):]
+    done = subprocess.run([str(Path(sys.executable).with_name("magi1")), "generate", "--config_file", "demo_distill",
+                           "--device", "cpu", "--mode", "v2v", "--prefix_video_path", "source.mp4",
+                           "--prompt", "it rolls on", "--seed", str(FAST["seed"]), "--steps", str(STEPS),
+                           "--num_frames", str(len(continuation)), "--quiet", "--output_path", "cli.mp4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(continuation, decode_mp4((tmp_path / "cli.mp4").read_bytes()))
 
 def test_a_video_from_another_encoder_is_still_stitched(client, source):
     limits = limits_of(client)

@@ -24,6 +24,7 @@ from .uploads import check_upload
 from .video_request import EXTENSION_CONTEXT_FRAMES
 
 MAX_FORM_FIELDS = 64
+LOSSLESS_CONDITIONING = {"codec": "libx264rgb", "pix_fmt": "rgb24", "crf": 0}
 SOURCE_FILE = "source.mp4"        # an extension's whole source video, at the extension's size and fps
 STITCHED_FILE = "stitched.mp4"    # source + continuation: what an extension's content is
 THUMBNAIL_FILE = "thumbnail.png"
@@ -96,7 +97,8 @@ def store_bytes(data: bytes, folder: Path, settings: ServerSettings):
 
 def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: int, keep_aspect: bool,
                       frames_per_chunk: int) -> int:
-    """Write the job's conditioning (input.mp4: the source's last frames) and its source.mp4; frames of the source.
+    """Write the job's conditioning (input.mp4: the source's last frames, lossless) and its source.mp4; frames
+    of the source.
 
     source.mp4 is the source file itself where it already is the video at the extension's size and fps (then
     the stitched video copies its packets: stitching.py), else the source re-encoded at that size and fps.
@@ -111,7 +113,9 @@ def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: 
     else:
         write_video(folder / SOURCE_FILE, frames, fps)
     context = max(frames_per_chunk, EXTENSION_CONTEXT_FRAMES // frames_per_chunk * frames_per_chunk)
-    write_video(folder / "input.mp4", frames[-context:], fps)
+    # Lossless (RGB H.264 at CRF 0): the job conditions on exactly the frames the source holds, as
+    # `magi1 generate --mode v2v` does on the same clip, not on a re-encoded copy of them.
+    write_video(folder / "input.mp4", frames[-context:], fps, **LOSSLESS_CONDITIONING)
     return len(frames)
 
 
