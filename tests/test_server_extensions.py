@@ -1,6 +1,7 @@
 """Extensions and stopped live videos on a real `magi1 serve` (demo model), as a user meets them: which videos
 can be extended, how long the stitched result may be, that extending keeps the source's frames exactly, and
-what a live session ended by session.stop is in the Videos API. Each was found by a user probe."""
+what a live session ended by session.stop is in the Videos API, and that served videos and continuations have the
+frames `magi1 generate` makes from the same inputs and seed. Each was found by a user probe."""
 
 from __future__ import annotations
 
@@ -126,13 +127,29 @@ def test_an_extension_continues_as_magi1_generate_v2v_does_on_the_same_clip(clie
     extension = wait_until_finished(client, extend_by_id(client, video.id).id)
     assert extension.status == "completed"
     continuation = decode_mp4(client.videos.download_content(extension.id).read())[len(original):]
+    made = cli_generate(tmp_path, "--mode", "v2v", "--prefix_video_path", "source.mp4", "--prompt", "it rolls on",
+                        "--num_frames", str(len(continuation)))
+    np.testing.assert_array_equal(continuation, made)
+
+
+def test_a_served_video_has_the_frames_magi1_generate_makes(client, tmp_path):
+    """Same prompt, seed and steps: the same frames, chunk for chunk (each chunk is encoded on its own by both;
+    a served video once ran one encoder over the whole video, whose lookahead changed the first chunk's end)."""
+    video = client.videos.create_and_poll(prompt="a red ball rolls", seconds="2", extra_body=FAST,
+                                          poll_interval_ms=100)
+    assert video.status == "completed"
+    served = decode_mp4(client.videos.download_content(video.id).read())
+    assert len(served) == 48
+    np.testing.assert_array_equal(served, cli_generate(tmp_path, "--prompt", "a red ball rolls", "--num_frames", "48"))
+
+
+def cli_generate(folder: Path, *args: str) -> np.ndarray:
+    """Frames of `magi1 generate` run as a user runs it, with the served model and FAST's seed and steps."""
     done = subprocess.run([str(Path(sys.executable).with_name("magi1")), "generate", "--config_file", "demo_distill",
-                           "--device", "cpu", "--mode", "v2v", "--prefix_video_path", "source.mp4",
-                           "--prompt", "it rolls on", "--seed", str(FAST["seed"]), "--steps", str(STEPS),
-                           "--num_frames", str(len(continuation)), "--quiet", "--output_path", "cli.mp4"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
+                           "--device", "cpu", "--seed", str(FAST["seed"]), "--steps", str(STEPS), *args, "--quiet",
+                           "--output_path", "cli.mp4"], cwd=folder, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    np.testing.assert_array_equal(continuation, decode_mp4((tmp_path / "cli.mp4").read_bytes()))
+    return decode_mp4((folder / "cli.mp4").read_bytes())
 
 def test_a_video_from_another_encoder_is_still_stitched(client, source):
     limits = limits_of(client)

@@ -98,6 +98,10 @@ class ChunkedMp4Writer:
         self.chunks_written += 1
         return bytes(out)
 
+    def append(self, frames: np.ndarray) -> None:
+        """VideoWriter's interface: `frames` as the next chunk."""
+        self.append_chunk(frames)
+
     def close(self) -> Path:
         """Finish the file (moving it onto `path` unless written in place); returns `path`."""
         if self._closed:

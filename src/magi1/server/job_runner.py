@@ -74,7 +74,8 @@ class _ResumeRefused(Exception):
 
 
 def _render(store, job: Job, resume_state, enhanced=None) -> None:
-    from magi1.io.video import VideoWriter, write_video
+    from magi1.io.chunked_mp4 import ChunkedMp4Writer
+    from magi1.io.video import write_video
 
     from .live_jobs import live_job_of
 
@@ -104,8 +105,10 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
     if resumed:
         logger.info("job %s resumes after chunk %d", job.id, resumed - 1)
 
+    # Each chunk encoded on its own, as `magi1 generate` writes it: the same seed gives the same frames from
+    # the CLI, the server and a live session, and a resumed job re-encodes its first chunks to the same bytes.
     writer = live.video_writer(job.video_path, fps, metadata) if live is not None \
-        else VideoWriter(job.video_path, fps=fps, metadata=metadata)
+        else ChunkedMp4Writer(job.video_path, fps=fps, metadata=metadata)
     emitted = 0
     try:
         # The callback reads only dict events, so a pipeline reporting progress in another shape still runs.
