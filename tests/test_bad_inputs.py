@@ -92,6 +92,7 @@ REFUSED = [
     (["--num_inference_steps", "8"], "--num_inference_steps: use --steps"),
     (["--fps", "12"], "--fps: it is a config field: --set runtime_config.fps=VALUE"),
     (["--promt", "a cat"], "--promt: did you mean --prompt?"),
+    (["--image_path", "{in}/clip.mp4"], "is a video, not an image; continue it with v2v"),
 ]
 
 
@@ -155,7 +156,7 @@ def test_generate_refuses_every_bad_input_before_loading(inputs, tmp_path):
         _check_refusal(code, stderr, message, case_dir)
 
 
-@pytest.mark.parametrize("index", [0, 3, 5, 13])  # folder output, bomb PNG, PNG as video, fp8: the console way
+@pytest.mark.parametrize("index", [0, 3, 5, 13])  # folder output, /proc, text as PNG, a bad device: the console way
 def test_refusal_through_a_fresh_interpreter(inputs, tmp_path, index):
     argv, message, case_dir = _cases(inputs, tmp_path)[index]
     done = _run(argv, tmp_path)

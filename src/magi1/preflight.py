@@ -126,7 +126,9 @@ def warn_of_frame_rounding(checked: CheckedRun) -> None:
     why = {
         "t2v": f"{whole}; ask for a multiple of {chunk_frames} to get exactly that many",
         "i2v": f"the image counts as the first latent frame ({per_latent} frames) and {whole}",
-        "v2v": f"the prefix video's {checked.prefix_latent_frames} latent frames come first, {whole}, and only "
+        "v2v": f"the prefix video's {checked.prefix_latent_frames} latent "
+               f"frame{'s' * (checked.prefix_latent_frames != 1)} come{'s' * (checked.prefix_latent_frames == 1)} "
+               f"first, {whole}, and only "
                f"the frames after the prefix are output",
     }[checked.mode]
     logger.warning("magi1: num_frames %d gives %d frames: %s", asked, made, why)
@@ -232,6 +234,9 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
         except Image.DecompressionBombError:
             raise InputError(too_big) from None
         except (OSError, SyntaxError, ValueError) as err:
+            if _is_video(path):
+                raise InputError(f"{path} is a video, not an image; continue it with v2v (--mode v2v "
+                                 f"--prefix_video_path), or give one of its frames as the image") from None
             raise InputError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
     elif isinstance(source, Image.Image):
         if source.width * source.height > max_pixels:
@@ -244,6 +249,22 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
         return load_image(source, height, width, keep_aspect=keep_aspect)
     except (ValueError, OSError) as err:
         raise InputError(f"the image cannot be used: {err}") from None
+
+
+# Containers that mean "a video file" (ffmpeg also opens plain text, as ANSI art in its "tty" format).
+VIDEO_CONTAINERS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpegts",
+                              "mpeg", "ogg", "asf", "mxf", "nut", "h264", "hevc"})
+
+
+def _is_video(path: Path) -> bool:
+    """Whether `path` is a video file with a video stream (for the message when it was given as an image)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(VIDEO_CONTAINERS & set(container.format.name.split(","))) and bool(container.streams.video)
+    except Exception:  # noqa: BLE001 - any failure only means "not a video either"
+        return False
 
 
 # The official v2v prefix: the first 32 frames of the clip, resampled to the model's fps (prefix_frame=32).
