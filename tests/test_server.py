@@ -91,6 +91,8 @@ class FakePipeline:
             if callback:
                 callback({"type": "chunk", "index": index, "num_chunks": num_chunks})
             yield SimpleNamespace(index=index, num_chunks=num_chunks, frames=frames)
+            if prompt and "breaks midway" in prompt:
+                raise RuntimeError("the fake pipeline broke after its first chunk")
             if prompt and "hold" in prompt:
                 while not self.release.wait(0.01):
                     if should_stop and should_stop():
@@ -360,6 +362,15 @@ def test_failed_job_reports_the_reason(server):
     assert "failed" in client.get(f"/v1/jobs/{job['id']}/video").json()["detail"]
     # The worker goes on with the next job.
     assert wait_finished(client, submit(client, prompt="fine", num_frames=4).json()["id"])["state"] == "done"
+
+
+def test_a_job_failing_after_a_chunk_leaves_no_unfinished_video_file(server, tmp_path):
+    client, _, _ = server
+    job = submit(client, prompt="it breaks midway", num_frames=2 * FRAMES_PER_CHUNK).json()
+    assert wait_finished(client, job["id"])["state"] == "failed"
+    folder = next(p for p in (tmp_path / "results").rglob("*") if p.is_dir() and job["id"] in p.name)
+    assert not [p.name for p in folder.iterdir() if "partial" in p.name]
+    assert not (folder / "video.mp4").exists()
 
 
 def test_eight_concurrent_clients_all_served(tmp_path):

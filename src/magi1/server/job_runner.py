@@ -126,7 +126,7 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
                 break
     except Exception as err:
         if not (store.should_stop(job) and _is_cancellation(err)):  # a stop between two steps is not a failure
-            writer.abort()
+            _discard(writer)
             if resume_state is not None and emitted == 0 and _is_user_facing(err) and "resume" in str(err):
                 raise _ResumeRefused(str(err)) from None
             logger.warning("job %s failed: %s", job.id, err, exc_info=not _is_user_facing(err))
@@ -136,7 +136,7 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
     # A resumed run re-yields the chunks it took over, so `emitted` counts every chunk of the video.
     complete = job.num_chunks is not None and emitted >= job.num_chunks > 0
     if store.stopping and not job.cancel_requested.is_set() and not complete:
-        writer.abort()
+        _discard(writer)
         store.requeue_interrupted(job)  # resumes after its last finished chunk on the next start
         logger.info("job %s interrupted by shutdown after %d chunk(s); it resumes on restart", job.id,
                     job.resumable_chunks)
@@ -149,10 +149,19 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
     if has_video:
         writer.close()  # a cancelled job keeps the chunks it finished, as a playable video
     else:
-        writer.abort()
+        _discard(writer)
     state = JobState.DONE if complete else JobState.CANCELLED
     store.finish(job, state, has_video=has_video)
     logger.info("job %s %s after %d chunk(s)", job.id, state.value, job.chunks_ready)
+
+
+def _discard(writer) -> None:
+    """Stop the job's writer and remove its unfinished file: a job's finished chunks are kept as chunk files, and
+    a resumed job writes its video afresh."""
+    writer.abort()
+    partial = getattr(writer, "partial_path", None)
+    if partial is not None and partial != writer.path:
+        partial.unlink(missing_ok=True)
 
 
 def _on_event(store, job: Job, event: tuple) -> None:
