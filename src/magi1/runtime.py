@@ -74,8 +74,8 @@ def check_device_name(name) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise InputError(f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu "
-                             f"(or auto)")
+            raise InputError(f"device {name!r} was asked for but torch sees no CUDA device; use the device cpu "
+                             f"(or auto, which takes a GPU when there is one)")
         if index and int(index) >= torch.cuda.device_count():
             raise InputError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA "
                              f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
