@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -376,6 +381,28 @@ def test_demo_recipe_end_to_end_writes_a_loadable_demo(tmp_path):
         pipe = MagiPipeline.from_pretrained(str(tmp_path / "presets" / name), device="cpu")
         frames = pipe("a red ball falls", num_frames=24, num_inference_steps=4, seed=0, progress=False).frames[0]
         assert frames.shape == (24, 64, 64, 3)
+    # The workdir resumes under the settings it was made with (how a run goes may change), never under others.
+    DemoRecipe(dataclasses.replace(settings, threads=1, checkpoint_every_s=60.0, command="again"))
+    with pytest.raises(ValueError, match=r"other settings \(--dit-steps: 2 there, 3 now\).*new --workdir"):
+        DemoRecipe(dataclasses.replace(settings, dit_steps=3))
+
+
+def test_train_demo_refuses_to_resume_a_workdir_under_other_settings(tmp_path):
+    """As a user meets it: the same --workdir with another flag is one line naming the flag, before any work."""
+    import json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "results.json").write_text(json.dumps({"vae": {"params": 1}}))
+    (work / "settings.json").write_text(json.dumps({"dit_steps": 5000, "seed": 0}))
+    done = subprocess.run([str(Path(sys.executable).with_name("magi1")), "train", "demo", "--workdir", str(work),
+                           "--out-dir", str(tmp_path / "demo"), "--preset-dir", str(tmp_path / "presets"),
+                           "--dit-steps", "3000", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"magi1 train demo: error: --workdir {work} holds stages trained with other settings (--dit-steps: 5000 "
+        f"there, 3000 now); resume it with the settings it was started with, or give a new --workdir"]
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "presets").exists()
 
 
 def test_demo_recipe_continues_a_previous_demo_with_the_motion_stage(tmp_path):

@@ -175,6 +175,11 @@ class RecipeSettings:
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
 
+# Settings that say how a run goes, not what it makes: a resumed run may change them.
+RUN_ONLY_SETTINGS = ("workdir", "threads", "progress", "checkpoint_every_s", "command")
+SETTINGS_FILE = "settings.json"  # in the workdir: the settings its stages were made with
+
+
 class DemoRecipe:
     def __init__(self, settings: RecipeSettings) -> None:
         self.s = settings
@@ -189,13 +194,34 @@ class DemoRecipe:
         demo_model_config(hidden_size=settings.dit_hidden)  # a bad width is refused now, not after the VAE stages
         if settings.init_from and not settings.fresh_dit:
             self._check_previous_dit_fits()
+        settings_record = self._check_same_settings()
         self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / SETTINGS_FILE).write_text(json.dumps(settings_record, indent=1))
         self.presets.mkdir(parents=True, exist_ok=True)  # relative paths in the config go through it
         self.loss_log = self.work / "loss_log.txt"
         self.timings: dict[str, float] = self._read_json("timings.json", {})
         self.cpu_timings: dict[str, float] = self._read_json("cpu_timings.json", {})
         self._clock: tuple[float, float] = (time.perf_counter(), time.process_time())
         self.results: dict[str, dict] = self._read_json("results.json", {})
+
+    def _check_same_settings(self) -> dict:
+        """A workdir holds the stages of one set of settings: resuming it with others would mix the two (a VAE
+        of one run under a DiT of another, a schedule cut short), so that is refused, naming what changed.
+        Returns the settings to record in the workdir."""
+        wanted = json.loads(json.dumps({k: v for k, v in asdict(self.s).items() if k not in RUN_ONLY_SETTINGS}))
+        stored = self._read_json(SETTINGS_FILE, None)
+        if stored is not None and self._read_json("results.json", {}):
+            changed = [k for k in wanted if k in stored and stored[k] != wanted[k]]
+            if changed:
+                def shown(value) -> str:
+                    return "none" if value is None else str(value)
+
+                listed = "; ".join(f"--{k.replace('_', '-')}: {shown(stored[k])} there, {shown(wanted[k])} now"
+                                   for k in changed[:3])
+                more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+                raise ValueError(f"--workdir {self.work} holds stages trained with other settings ({listed}{more}); "
+                                 f"resume it with the settings it was started with, or give a new --workdir")
+        return wanted
 
     def _check_previous_dit_fits(self) -> None:
         """Refuse at once, not after the VAE stages, a previous DiT whose sizes differ from this run's."""
