@@ -75,7 +75,7 @@ def test_stream_takes_a_list_of_one_negative_prompt_or_generator(demo):
                        latents(generator=torch.Generator().manual_seed(4)))
     for kwargs, message in ((dict(negative_prompt=["a", "b"]), "give one negative prompt, or one per prompt (1)"),
                             (dict(generator=[[torch.Generator()]]), "got list in the list"),
-                            (dict(generator=[torch.Generator()] * 2), "give one generator, or one per video (1)")):
+                            (dict(generator=[torch.Generator()] * 2), "a list of generators needs one per video (1), got 2")):
         with pytest.raises(InputError, match=re.escape(message)):
             latents(**kwargs)
 

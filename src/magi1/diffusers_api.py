@@ -74,6 +74,10 @@ class DiffusersConventions:
                              f"got {', '.join(sorted(unknown))}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise InputError("callback_on_step_end must be a function (pipe, step, t, callback_kwargs) -> dict")
+        if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
+            # the sampler says the same, but only after the prompts are encoded (and warned about)
+            raise InputError(f"a list of generators needs one per video ({len(prompts)}), got {len(generator)}; "
+                             f"or give one torch.Generator, not in a list, for all of them")
         self._interrupt = False
         names = tuple(callback_on_step_end_tensor_inputs or ())
 

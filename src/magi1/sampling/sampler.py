@@ -76,7 +76,8 @@ def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, ge
                          f"{inside} (for a seed, use torch.Generator().manual_seed(n))")
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
-            raise InputError(f"give one generator, or one per video ({batch}), got {len(generator)}")
+            raise InputError(f"a list of generators needs one per video ({batch}), got {len(generator)}; or give "
+                             f"one torch.Generator, not in a list, for all of them")
         return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
     if generator is not None:
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
