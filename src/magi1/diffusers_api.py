@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .sampling.sampler import check_generators
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,7 @@ class DiffusersConventions:
                              f"got {', '.join(sorted(unknown))}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise InputError("callback_on_step_end must be a function (pipe, step, t, callback_kwargs) -> dict")
-        if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
-            # the sampler says the same, but only after the prompts are encoded (and warned about)
-            raise InputError(f"a list of generators needs one per video ({len(prompts)}), got {len(generator)}; "
-                             f"or give one torch.Generator, not in a list, for all of them")
+        check_generators(generator, len(prompts))  # now, not after the prompts are encoded (and warned about)
         self._interrupt = False
         names = tuple(callback_on_step_end_tensor_inputs or ())
 

@@ -54,6 +54,21 @@ def initial_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=cpu_generator(seed), dtype=torch.float32)
 
 
+def check_generators(generator, batch: int) -> None:
+    """Refuse a `generator` argument that cannot draw the noise of `batch` videos (one sentence, InputError)."""
+    from ..errors import InputError
+
+    given = generator if isinstance(generator, (list, tuple)) else [generator] if generator is not None else []
+    odd = [g for g in given if not isinstance(g, torch.Generator)]
+    if odd:
+        inside = " in the list" if isinstance(generator, (list, tuple)) else ""  # [[g]] said "got list" of a list
+        raise InputError(f"generator must be a torch.Generator or a list of them, got {type(odd[0]).__name__}"
+                         f"{inside} (for a seed, use torch.Generator().manual_seed(n))")
+    if isinstance(generator, (list, tuple)) and len(generator) != batch:
+        raise InputError(f"a list of generators needs one per video ({batch}), got {len(generator)}; or give "
+                         f"one torch.Generator, not in a list, for all of them")
+
+
 def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, generator=None,
                 seed: int = 0) -> torch.Tensor:
     """(B, C, T, h, w) initial noise for B videos, on the CPU.
@@ -68,16 +83,8 @@ def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, ge
         if tuple(latents.shape) != tuple(shape):
             raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
         return latents.float().cpu()
-    given = generator if isinstance(generator, (list, tuple)) else [generator] if generator is not None else []
-    odd = [g for g in given if not isinstance(g, torch.Generator)]
-    if odd:
-        inside = " in the list" if isinstance(generator, (list, tuple)) else ""  # [[g]] said "got list" of a list
-        raise InputError(f"generator must be a torch.Generator or a list of them, got {type(odd[0]).__name__}"
-                         f"{inside} (for a seed, use torch.Generator().manual_seed(n))")
+    check_generators(generator, batch)
     if isinstance(generator, (list, tuple)):
-        if len(generator) != batch:
-            raise InputError(f"a list of generators needs one per video ({batch}), got {len(generator)}; or give "
-                             f"one torch.Generator, not in a list, for all of them")
         return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
     if generator is not None:
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
