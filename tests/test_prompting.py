@@ -296,3 +296,19 @@ def test_resume_reuses_the_captions_recorded_in_the_partial_file(tmp_path):
                      enhance_vision="auto", image_path=None, prefix_video_path=None)
     again = enhanced_run_prompts(args, "t2v", None, "unused", None, None)
     assert again.chunk_prompts == recorded.chunk_prompts and again.enhancer == "some-model"
+
+
+def test_cli_enhance_story_wording_a_user_types():
+    # Beats split at semicolons read as sentences, not "A cat walks;."
+    done = run_cli("enhance", "--story", "a cat walks; it sits; it sleeps", "--num_chunks", "3")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["0", "1", "2"]
+    assert lines[0].startswith("0:A cat walks. The camera") and ";" not in done.stdout
+    # A prompt and a story together: the error says which to drop, not "give a prompt".
+    both = run_cli("enhance", "a cat", "--story", "a cat walks. it sits.")
+    assert both.returncode == 2 and both.stderr.strip().splitlines()[-1] == (
+        "magi1 enhance: error: --story / --beat replace the prompt; give one or the other")
+    # Only separators: one sentence, no traceback.
+    empty = run_cli("enhance", "--story", " ; ", "--num_chunks", "2")
+    assert empty.returncode == 2 and empty.stderr.strip() == "magi1 enhance: error: the story is empty"

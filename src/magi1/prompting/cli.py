@@ -142,7 +142,9 @@ def run_enhance(args) -> int:
 
     mode = args.mode or ("i2v" if args.image_path else "v2v" if args.prefix_video_path else "t2v")
     story_mode = bool(args.story or args.beat)
-    if story_mode == bool(args.prompt):
+    if story_mode and args.prompt:
+        raise EnhanceError("--story / --beat replace the prompt; give one or the other")
+    if not story_mode and not args.prompt:
         raise EnhanceError('give a prompt (magi1 enhance "a cat jumps") or --story / --beat')
     if args.story and args.beat:
         raise EnhanceError("give --story or --beat, not both")

@@ -175,7 +175,7 @@ def _checked_story(story, beats) -> tuple[str | None, list[str] | None]:
         raise EnhanceError("story mode takes a story or a list of beats (one of the two)")
     if story is not None:
         story = " ".join(str(story).split())
-        if not story:
+        if not story.strip(" .!?;,:"):  # nothing but separators has no beat to caption
             raise EnhanceError("the story is empty")
         if len(story) > MAX_STORY_CHARS:
             raise EnhanceError(f"the story is {len(story)} characters; the enhancer takes at most {MAX_STORY_CHARS}")

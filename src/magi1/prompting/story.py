@@ -78,7 +78,8 @@ def parse_story_answer(text: str, num_chunks: int) -> dict[int, str]:
 def split_story(story: str) -> list[str]:
     """A story's sentences, the beats of the fallback ("A ball falls. Then it rolls away." -> two beats)."""
     text = " ".join(story.split())
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?;])\s+", text) if s.strip()]
+    # A beat split off at a semicolon ends in it ("a cat walks;"); the captions end in a full stop instead.
+    sentences = [s.strip().rstrip(";").rstrip() for s in re.split(r"(?<=[.!?;])\s+", text) if s.strip(" ;")]
     return [re.sub(r"^(then|next|after that|afterwards|finally),?\s+", "", s, flags=re.IGNORECASE) for s in sentences]
 
 
