@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import httpx
@@ -133,3 +134,8 @@ def test_bad_sessions_get_an_error_message(magi1_server):
     assert reply["type"] == "error" and reply["error"]["param"] == "size" and "4096" in reply["error"]["message"]
     reply = asyncio.run(first_reply({"type": "session.interaction", "prompt": "x"}))
     assert reply["type"] == "error" and "session.start" in reply["error"]["message"]
+    not_a_picture = "data:image/png;base64," + base64.b64encode(b"hello, not a png").decode()
+    for field in ("image", "video"):  # a file that decodes as nothing: the error names the field that carried it
+        reply = asyncio.run(first_reply({"type": "session.start", "prompt": "x", field: not_a_picture}))
+        assert reply["type"] == "error" and reply["error"]["code"] == "invalid_file", reply
+        assert reply["error"]["param"] == field, reply

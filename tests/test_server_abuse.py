@@ -137,7 +137,7 @@ def test_invalid_settings_refused_while_the_model_loads(server, client):
     """Limits come from the config, so bad settings are told why even before the model is there."""
     if client.get("/health").json()["model"] != "loading":
         pytest.skip("the model had already loaded (this test runs first in the module)")
-    cases = [({"prompt": "p", "steps": 30}, "divisible by window_size"),      # the demo window is 4
+    cases = [({"prompt": "p", "steps": 30}, "steps must be a multiple of 4"),    # the demo window is 4
              ({"prompt": "p", "num_frames": 2}, "no new chunk"),
              ({"prompt": "p", "num_frames": 3}, "no new chunk"),
              ({"prompt": "p", "height": 40}, "multiple of 16"),
@@ -260,7 +260,7 @@ def test_validation_comes_before_queue_full(ready):
         # The Videos API checks in the same order, and answers in OpenAI's envelope.
         assert_openai_error(ready.post("/v1/videos", json={**SMALL_VIDEO, "seconds": "²"}), 400, "seconds")
         assert_openai_error(ready.post("/v1/videos", json={**SMALL_VIDEO, "num_inference_steps": 6}), 400,
-                            "num_inference_steps", "divisible by window_size")
+                            "num_inference_steps", "steps must be a multiple of 4")
         full = ready.post("/v1/videos", json=SMALL_VIDEO)
         assert_openai_error(full, 429, None, "queue is full")
         assert full.json()["error"]["type"] == "rate_limit_error" and full.headers.get("retry-after")

@@ -103,6 +103,38 @@ def test_the_stitched_video_may_not_exceed_max_seconds(client, source):
     client.videos.delete(fits.id)
 
 
+def test_a_video_shorter_than_one_chunk_is_refused_before_anything_is_queued(client, source):
+    """Its prefix would end inside the first chunk, which the run rounds up: the continuation would come out
+    longer than the seconds asked for, and than the video object said when it was created."""
+    video, mp4 = source
+    limits = limits_of(client)
+    short = mp4_of(decode_mp4(mp4)[: limits["frames_per_chunk"] // 3], limits["fps"])
+    before = video_count(client)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.videos.extend(video=("short.mp4", short, "video/mp4"), prompt="on", seconds="1", extra_body=FAST)
+    assert (refused.value.param, refused.value.code) == ("video", "video_too_short")
+    assert f"at least {limits['frames_per_chunk']}" in refused.value.message
+    assert video_count(client) == before
+    # one whole chunk is enough, and the result is as long as the video object says
+    whole = client.videos.extend(video=("whole.mp4", mp4, "video/mp4"), prompt="on", seconds="1", extra_body=FAST)
+    done = wait_until_finished(client, whole.id)
+    assert done.status == "completed" and done.seconds == whole.seconds == "2"
+    assert len(decode_mp4(client.videos.download_content(done.id).read())) == 2 * limits["frames_per_chunk"]
+
+
+def mp4_of(frames: np.ndarray, fps: int) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def test_extending_keeps_the_source_frames_exactly_however_often(magi1_server, client, source):
     video, mp4 = source
     original = decode_mp4(mp4)
@@ -205,3 +237,11 @@ def test_a_live_video_whose_viewer_went_away_stays_cancelled(magi1_server, clien
     video = wait_until_finished(client, asyncio.run(leave_after_first_chunk()))
     assert video.status == "failed" and video.error.code == "cancelled"
     assert not video.model_extra["magi1"]["stopped"]
+    # Its finished chunks are kept: the refusal to extend it says why, then how to continue them, in that order
+    assert video.model_extra["magi1"]["chunks_ready"] >= 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        extend_by_id(client, video.id)
+    assert (refused.value.param, refused.value.code) == ("video", "video_failed")
+    reason, _, advice = refused.value.message.partition(", so it cannot be extended")
+    assert reason.endswith("chunk(s)"), refused.value.message
+    assert advice.endswith("download its content and upload that mp4 as video"), refused.value.message

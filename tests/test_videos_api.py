@@ -113,6 +113,8 @@ def test_refusals_come_in_the_openai_error_envelope(client, limits, magi1_server
         ({"extra_body": {"fps": limits["fps"] + 1}}, "fps", "unsupported_value"),
         ({"extra_body": {"num_inference_steps": limits["max_steps"] + 1}}, "num_inference_steps", "invalid_value"),
         ({"extra_body": {"seed": "soon"}}, "seed", "invalid_value"),
+        ({"size": "0x0"}, "size", "unsupported_value"),
+        ({"extra_body": {"num_inference_steps": limits["window_size"] + 2}}, "num_inference_steps", "invalid_value"),
     ]
     for arguments, param, code in cases:
         with pytest.raises(openai.BadRequestError) as err:
@@ -120,6 +122,19 @@ def test_refusals_come_in_the_openai_error_envelope(client, limits, magi1_server
         assert (err.value.param, err.value.code) == (param, code), arguments
         assert err.value.message.endswith(tuple(".)0123456789abcdefghijklmnopqrstuvwxyz'\"")), err.value.message
     assert str(limits["max_pixels"]) in client_error(client, size=too_big)  # the model's limit is stated
+    assert "positive multiples of 16" in client_error(client, size="0x0")
+    # Steps that do not fill the model's window evenly: one sentence in the client's terms, not the config's
+    steps_message = client_error(client, extra_body={"num_inference_steps": limits["window_size"] + 2})
+    assert f"must be a multiple of {limits['window_size']}" in steps_message
+    assert "num_steps" not in steps_message and "noise2clean" not in steps_message and steps_message.count(";") == 0
+    # A missing video is named by the field that named it: the list's `after`, the extension's `video`
+    with pytest.raises(openai.NotFoundError) as unknown_after:
+        client.videos.list(after="video_0123456789abcdef0123456789abcdef")
+    assert (unknown_after.value.param, unknown_after.value.code) == ("after", "video_not_found")
+    with pytest.raises(openai.NotFoundError) as unknown_source:
+        client.post("/videos/extensions", cast_to=openai.types.Video,
+                    body={"video": {"id": "video_0123456789abcdef0123456789abcdef"}, "prompt": "on", "seconds": "1"})
+    assert (unknown_source.value.param, unknown_source.value.code) == ("video", "video_not_found")
     response = httpx.post(magi1_server.url + "/v1/videos", json={"prompt": "x", "frames": 3},
                           headers={"Authorization": f"Bearer {KEY_A}"})
     assert response.status_code == 400

@@ -24,6 +24,8 @@ def check_job_against_config(job_request: JobRequest, config, settings: ServerSe
                                                ("num_frames", job_request.num_frames),
                                                ("num_steps", job_request.steps), ("seed", job_request.seed))
                  if value is not None}
+    if job_request.steps is not None:
+        _check_step_multiple(job_request.steps, config.runtime_config)
     try:
         call_config = config.replace(**overrides) if overrides else config
     except ConfigError as err:
@@ -43,3 +45,13 @@ def check_job_against_config(job_request: JobRequest, config, settings: ServerSe
             raise BadRequest(f"a chunk prompt is given for chunk {beyond[0]}, but this job generates {generated} "
                              f"chunk(s); ask for more frames or drop it")
     return check_cost(job_request, config.runtime_config, settings)
+
+
+def _check_step_multiple(steps: int, runtime) -> None:
+    """One sentence in the client's terms for the config's two divisibility rules on num_steps (its window and
+    its noise-to-clean stages), which the config states in its own field names."""
+    stages = [n for n in (int(runtime.window_size), len(runtime.noise2clean_kvrange or ())) if n > 0]
+    multiple = math.lcm(*stages) if stages else 1
+    if steps % multiple:
+        raise BadRequest(f"the number of denoising steps must be a multiple of {multiple} on this model (the steps "
+                         f"are shared out evenly over its {runtime.window_size}-chunk denoising window), got {steps}")

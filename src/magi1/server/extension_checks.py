@@ -22,14 +22,15 @@ def check_extendable(video_id: str, status: str, record: dict) -> None:
         what = "is queued" if status == "queued" else "is still being made"
         raise ApiError(409, f"video {video_id} {what}; {wanted}: extend it once its status is completed",
                        param="video", code="video_not_ready")
+    advice = ""
     if record["state"] == "cancelled":
         reason = "was cancelled"
         if record["has_video"]:  # its finished chunks can still be downloaded, and uploaded to continue them
-            reason += (f" after {record['chunks_ready']} chunk(s); to continue those, download its content and "
-                       "upload that mp4 as video")
+            reason += f" after {record['chunks_ready']} chunk(s)"
+            advice = "; to continue those, download its content and upload that mp4 as video"
     else:
         reason = f"failed ({record['error'] or 'no reason was recorded'})"
-    raise ApiError(400, f"video {video_id} {reason}, so it cannot be extended; {wanted}", param="video",
+    raise ApiError(400, f"video {video_id} {reason}, so it cannot be extended ({wanted}){advice}", param="video",
                    code="video_failed")
 
 

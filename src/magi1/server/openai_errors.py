@@ -18,6 +18,7 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_value")
     return ApiError(400, message, param=param, code=code)
 
 
-def not_found(video_id: str) -> ApiError:
-    return ApiError(404, f"no video {video_id[:60]!r} (it may have been deleted or expired)", param="video_id",
+def not_found(video_id: str, param: str = "video_id") -> ApiError:
+    """param: the field that named the video (the path's video_id, an extension's video, a list's after)."""
+    return ApiError(404, f"no video {video_id[:60]!r} (it may have been deleted or expired)", param=param,
                     code="video_not_found")

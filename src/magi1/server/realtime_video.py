@@ -199,14 +199,12 @@ class RealtimeSession:
         upload_kind, kind = None, "create"
         if image is not None:
             url = image.get("image_url") if isinstance(image, dict) else image
-            data = video_files.decode_data_url(url, "image")
-            checked = await run_in_threadpool(video_files.store_bytes, data, staged.folder, self.settings)
+            checked = await self.store_upload(video_files.decode_data_url(url, "image"), staged, "image")
             if checked.kind != "image":
                 raise SessionError("image must be a picture (png, jpeg, webp, bmp)", param="image", fatal=True)
             upload_kind = "image"
         elif video is not None:
-            data = video_files.decode_data_url(video, "video")
-            checked = await run_in_threadpool(video_files.store_bytes, data, staged.folder, self.settings)
+            checked = await self.store_upload(video_files.decode_data_url(video, "video"), staged, "video")
             if checked.kind != "video":
                 raise SessionError("video must be a video file (mp4, mkv, webm, avi)", param="video", fatal=True)
             upload_kind, kind = "video", "extension"
@@ -225,6 +223,14 @@ class RealtimeSession:
                 source.unlink(missing_ok=True)
             prepared.job.input_name = "input.mp4"
         return prepared, model
+
+    async def store_upload(self, data: bytes, staged, param: str):
+        """The image or video of session.start saved into the staged job; a file that cannot be used is an
+        error naming its field."""
+        try:
+            return await run_in_threadpool(video_files.store_bytes, data, staged.folder, self.settings)
+        except UploadRejected as err:
+            raise SessionError(str(err), param=param, code="invalid_file", status=err.status, fatal=True) from None
 
     async def stream(self) -> None:
         """Forward what the worker produces until the job has finished, then say so."""

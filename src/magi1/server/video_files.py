@@ -103,11 +103,17 @@ def prepare_extension(source: Path, folder: Path, width: int, height: int, fps: 
     source.mp4 is the source file itself where it already is the video at the extension's size and fps (then
     the stitched video copies its packets: stitching.py), else the source re-encoded at that size and fps.
     The context is whole chunks (the most within EXTENSION_CONTEXT_FRAMES): a prefix that ends inside a chunk
-    would make the continuation longer than the seconds asked for.
+    would make the continuation longer than the seconds asked for, so a source shorter than one chunk is a 400.
     """
     from magi1.io.video import load_video, write_video
 
     frames = load_video(source, height, width, fps, max_frames=None, keep_aspect=keep_aspect)
+    if len(frames) < frames_per_chunk:
+        # A shorter prefix ends inside the first chunk: the run would round that chunk up and come out
+        # longer than the seconds asked for (and than the video object said when it was created).
+        raise invalid(f"the video to extend has {len(frames)} frame(s) at {fps} fps; an extension continues whole "
+                      f"chunks of {frames_per_chunk} frames, so the video needs at least {frames_per_chunk}",
+                      param="video", code="video_too_short")
     if faithful_copy(source, frames, fps):
         shutil.copyfile(source, folder / SOURCE_FILE)
     else:

@@ -193,7 +193,7 @@ def parse_size(value: Any, limits: ModelLimits) -> tuple[int, int]:
                       f"got {str(value)[:40]!r}", param="size")
     width, height = int(match.group(1)), int(match.group(2))
     if width % limits.size_multiple or height % limits.size_multiple or not width or not height:
-        raise invalid(f"size {width}x{height}: width and height must be multiples of {limits.size_multiple}",
+        raise invalid(f"size {width}x{height}: width and height must be positive multiples of {limits.size_multiple}",
                       param="size", code="unsupported_value")
     if width * height > limits.max_pixels or width > limits.max_width or height > limits.max_height:
         raise invalid(f"size {width}x{height} is larger than this model makes: at most {limits.max_pixels} pixels "

@@ -58,11 +58,11 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
                            headers={"Retry-After": "5"})
         return model_limits(config, settings, fps=getattr(store.pipeline, "fps", None))
 
-    def find(request: Request, video_id: str) -> Job:
+    def find(request: Request, video_id: str, param: str = "video_id") -> Job:
         job = store.get(video_id[len(ID_PREFIX):], client_identity(request)) \
             if video_id.startswith(ID_PREFIX) else None
         if job is None:
-            raise not_found(video_id)  # 404 for another client's video too, so ids do not leak
+            raise not_found(video_id, param)  # 404 for another client's video too, so ids do not leak
         return job
 
     def content_path(job: Job) -> "video_files.Path":
@@ -166,7 +166,7 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
                     raise invalid("video must be an mp4 (or another video) or {\"id\": a video id}", param="video")
                 source, size, source_id = staged.folder / f"input{checked.suffix}", None, None
             elif isinstance(source_ref, dict) and isinstance(source_ref.get("id"), str):
-                earlier = find(request, source_ref["id"])
+                earlier = find(request, source_ref["id"], "video")
                 record = store.snapshot(earlier)
                 check_extendable(source_ref["id"], video_status(record), record)
                 source = await run_in_threadpool(content_path, earlier)
@@ -222,12 +222,12 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
             raise invalid(f"order must be asc or desc, got {order[:10]!r}", param="order")
         count = _limit(limit)
         if after and not after.startswith(ID_PREFIX):
-            raise not_found(after)
+            raise not_found(after, "after")
         try:
             jobs, more = store.page(client_identity(request), limit=count, after=after[len(ID_PREFIX):] if after
                                     else None, order=order)
         except KeyError:
-            raise not_found(after) from None
+            raise not_found(after, "after") from None
         data = [view(j) for j in jobs]
         return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                              "last_id": data[-1]["id"] if data else None, "has_more": more}, headers=NO_STORE)
