@@ -103,6 +103,12 @@ def test_interaction_changes_the_caption_from_the_chunk_the_server_names(magi1_s
     captions = [c["caption"]["prompt"] for c in log["chunks"]]
     assert captions == ["a red ball rolls"] * first + [new_prompt] * (len(captions) - first)
     assert log["chunks"][first]["caption"]["started"] == [applied["event_id"]]
+    # Afterwards the change is not lost: the video object and the job record each chunk's prompt (the mp4's
+    # tags went out in the init segment, before the change)
+    video = httpx.get(f"{magi1_server.url}/v1/videos/{log['done']['video_id']}", headers=AUTH).json()
+    assert video["magi1"]["live_captions"] == captions
+    job = httpx.get(f"{magi1_server.url}/v1/jobs/{log['start']['job_id']}", headers=AUTH).json()
+    assert job["live_captions"] == captions
     # (that a live change equals the same schedule planned up front, frame for frame, is test_live_prompts.py's)
 
 

@@ -277,6 +277,7 @@ def job_view(record: dict, budget: int | None = None) -> dict:
         "queue_position": record["queue_position"],
         "cancel_requested": record["cancel_requested"],
         "stopped": record["stopped"],  # cancelled by a live viewer's session.stop: the video ends there on purpose
+        "live_captions": record.get("live_captions"),  # a live job's prompt per chunk, its changes included
         "error": record["error"],
         "created_at": record["created_at"],
         "started_at": record["started_at"],

@@ -64,6 +64,9 @@ class Job:
     # Cancelled by its live viewer's session.stop ("end the video here"), not abandoned: the chunks it finished
     # are the video, which the Videos API reports as completed.
     stopped: bool = False
+    # A live job's caption of each finished chunk (the prompt it was made with, session.interaction changes
+    # included): the init segment with the mp4's tags goes out before any change, so only the record has them.
+    live_captions: list[str] | None = None
     # Not saved: what a running server asks of the job now.
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     delete_requested: bool = False
@@ -94,6 +97,7 @@ class Job:
             "num_chunks": self.num_chunks, "resumable_chunks": self.resumable_chunks,
             "resumed_chunks": self.resumed_chunks, "fps": self.fps, "has_video": self.has_video,
             "disk_bytes": self.disk_bytes, "enhanced": self.enhanced, "stopped": self.stopped,
+            "live_captions": self.live_captions,
         }
 
     @classmethod
@@ -118,4 +122,6 @@ class Job:
         job.stopped = bool(record.get("stopped"))
         enhanced = record.get("enhanced")
         job.enhanced = enhanced if isinstance(enhanced, dict) else None
+        captions = record.get("live_captions")
+        job.live_captions = [str(c) for c in captions] if isinstance(captions, list) else None
         return job

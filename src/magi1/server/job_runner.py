@@ -119,6 +119,9 @@ def _render(store, job: Job, resume_state, enhanced=None) -> None:
             path = write_video(job.chunk_path(chunk.index), chunk.frames, fps)
             writer.append(chunk.frames)
             emitted += 1
+            if live is not None:  # saved with the chunk: the record is the one place a live prompt change is kept
+                captions = (job.live_captions or [])[: chunk.index] + [live.caption_prompt(chunk.index)]
+                store.update(job, live_captions=captions)
             store.on_chunk(job, chunk.index, chunk.num_chunks, _size(path))
             if live is not None:
                 live.chunk_done(chunk.index, chunk.num_chunks)  # its metadata and fragment, to the viewer

@@ -84,6 +84,11 @@ class LiveJob:
         self.chunks_sent += 1
         self._put(metadata, fragment)
 
+    def caption_prompt(self, index: int) -> str | None:
+        """The prompt chunk `index` was made with (its dominant one, during a blend)."""
+        caption = self.prompts.caption_of(index)
+        return None if caption is None else caption.prompt
+
     def _applied(self, change: PromptChange, first_chunk: int) -> None:
         self._put({"type": "session.interaction.applied", "event_id": change.event_id, "prompt": change.prompt,
                    "transition_chunks": change.transition_chunks, "first_chunk": first_chunk})

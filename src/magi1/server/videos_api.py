@@ -355,6 +355,7 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
                   "negative_prompt": request.get("negative_prompt"), "enhance": bool(request.get("enhance")),
                   "story": request.get("story"), "enhanced": record.get("enhanced"),
                   "chunks_ready": record["chunks_ready"], "stopped": record["stopped"],
+                  "live_captions": record.get("live_captions"),
                   "num_chunks": record["num_chunks"], "fps": fps, "queue_position": record["queue_position"],
                   "estimated_cost": cost_view(JobCost(*record["cost"]) if record.get("cost") else None, budget),
                   "job": f"/v1/jobs/{record['id']}"},
