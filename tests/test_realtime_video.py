@@ -140,6 +140,9 @@ def test_bad_sessions_get_an_error_message(magi1_server):
     assert reply["type"] == "error" and reply["error"]["param"] == "size" and "4096" in reply["error"]["message"]
     reply = asyncio.run(first_reply({"type": "session.interaction", "prompt": "x"}))
     assert reply["type"] == "error" and "session.start" in reply["error"]["message"]
+    reply = asyncio.run(first_reply({"type": "session.start", "prompt": "x", "frames": 10**6}))
+    assert reply["type"] == "error" and reply["error"]["param"] == "frames", reply  # asked in frames, told in frames
+    assert reply["error"]["message"].startswith("frames must be at most "), reply
     not_a_picture = "data:image/png;base64," + base64.b64encode(b"hello, not a png").decode()
     for field in ("image", "video"):  # a file that decodes as nothing: the error names the field that carried it
         reply = asyncio.run(first_reply({"type": "session.start", "prompt": "x", field: not_a_picture}))

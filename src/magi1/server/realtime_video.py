@@ -41,7 +41,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from . import video_files
 from .clients import client_identity
 from .errors import error_type, scrub_paths
-from .job_request import BadRequest
+from .job_request import BadRequest, short_number
 from .jobs import Job, JobState, JobStore, Refusal
 from .live_jobs import LiveJob, LiveJobs
 from .openai_errors import ApiError
@@ -210,8 +210,16 @@ class RealtimeSession:
             upload_kind, kind = "video", "extension"
             if "seconds" not in fields:
                 fields["seconds"] = model.default_seconds
-        prepared = parse_video_request(fields, model, self.settings, model_id=self.model_id, kind=kind,
-                                       upload_kind=upload_kind)
+        try:
+            prepared = parse_video_request(fields, model, self.settings, model_id=self.model_id, kind=kind,
+                                           upload_kind=upload_kind)
+        except ApiError as err:
+            if frames is not None and err.param == "seconds":  # the client asked in frames: answer in frames
+                most = int(round(model.max_seconds * model.fps))
+                raise SessionError(f"frames must be at most {most} on this server ({model.frames_per_chunk}-frame "
+                                   f"chunks at {model.fps} fps), got {short_number(frames)}", param="frames",
+                                   code=err.code, fatal=True) from None
+            raise
         if upload_kind == "image":
             prepared.job.input_name = f"input{checked.suffix}"
         elif upload_kind == "video":
