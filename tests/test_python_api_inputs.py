@@ -240,3 +240,87 @@ def test_load_lora_of_a_file_and_save_pretrained_onto_a_file_say_what_is_wrong(d
         with pytest.raises(InputError, match="is a file or lies under one"):
             distilled.save_pretrained(target)
     assert script.read_text() == "print('not a LoRA')\n"
+
+
+# ------------------------------------------------------------------ 10. images and videos in diffusers' forms
+def test_images_and_videos_in_every_documented_form_give_the_same_continuation(distilled):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    as_float = picture.astype(np.float32) / 255
+
+    def i2v(image):
+        return _latents(distilled, image=image, seed=1, num_inference_steps=4)
+
+    reference = i2v(Image.fromarray(picture))
+    for image in (picture, as_float, torch.from_numpy(as_float).permute(2, 0, 1),          # (3, H, W) float
+                  torch.from_numpy(as_float).permute(2, 0, 1)[None], torch.from_numpy(picture)):  # (1,3,H,W), uint8
+        assert torch.equal(i2v(image), reference)
+    # a [0, 255] float image was clipped to [0, 1]: a white page, without a word
+    _refused_before_any_step(lambda seen: list(distilled.stream(PROMPT, image=picture.astype(np.float32),
+                                                                num_frames=24, callback=seen)),
+                             "float image pixels must be in [0, 1], got values from")
+
+    clip = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+
+    def v2v(video):
+        return _latents(distilled, video=video, seed=1, num_inference_steps=4)
+
+    reference = v2v(clip)
+    for video in ([Image.fromarray(frame) for frame in clip], list(clip), clip / 255.0,
+                  torch.from_numpy(clip).permute(0, 3, 1, 2)):  # diffusers' list of PIL images; (T, 3, H, W)
+        assert torch.equal(v2v(video), reference)
+    with pytest.raises(InputError, match="float frames must be in"):
+        v2v(clip.astype(np.float32))
+
+
+# ------------------------------------------------------------------ 11. the progress bar, diffusers' way
+def test_set_progress_bar_config_passes_its_options_to_the_bar(capsys):
+    pipe = MagiPipeline.from_pretrained("demo_distill", device="cpu")
+    pipe.set_progress_bar_config(desc="my video", leave=False)
+    pipe(PROMPT, num_frames=24, output_type="latent")
+    shown = capsys.readouterr().err
+    assert "my video:" in shown and "denoising" not in shown and not shown.endswith("\n")  # leave=False clears it
+    pipe.set_progress_bar_config(disable=True)
+    pipe(PROMPT, num_frames=24, output_type="latent")
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ 12. what a callback may hand back
+def test_a_callback_handing_back_nan_latents_or_a_tensor_inputs_string_is_refused(distilled):
+    def poison(pipe, step, t, callback_kwargs):
+        return {"latents": callback_kwargs["latents"] * float("nan")}
+
+    with pytest.raises(InputError, match="the latents callback_on_step_end returned holds .* NaN"):
+        _latents(distilled, callback_on_step_end=poison)
+    with pytest.raises(InputError, match=re.escape("must be a list of names, e.g. ['latents']")):
+        _latents(distilled, callback_on_step_end=lambda *args: None, callback_on_step_end_tensor_inputs="latents")
+
+
+# ------------------------------------------------------------------ 13. from_pretrained's own options
+def test_from_pretrained_refuses_unknown_options_before_loading_and_says_its_dtype(monkeypatch):
+    import magi1.checkpoint.loader as loader
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the options were checked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loader, "load_dit", no_loading)
+        for kwargs, message in ((dict(offload="bogus"), "offload must be one of none, model, blocks, auto"),
+                                (dict(weights="fp4"), "weights must be one of auto, bf16, fp8"),  # was taken
+                                (dict(blocks_on_device=0), "blocks_on_device must be a whole number >= 1")):
+            with pytest.raises(InputError, match=re.escape(message)):
+                MagiPipeline.from_pretrained("demo", **kwargs)
+        with pytest.raises(InputError, match="must be a preset name, a folder"):
+            MagiPipeline.from_pretrained(None)
+    # docs/python-api.md: left out, the DiT keeps the checkpoint's bfloat16 and the VAE is float32 on a CPU
+    default = MagiPipeline.from_pretrained("demo", device="cpu")
+    assert default.dtype == torch.bfloat16 and next(default.vae.parameters()).dtype == torch.float32
+    assert MagiPipeline.from_pretrained("demo", device="cpu", torch_dtype="float32").dtype == torch.float32
+
+
+def test_generate_to_file_says_output_type_does_not_apply(distilled, tmp_path):
+    with pytest.raises(InputError, match="output_type does not apply"):  # was stream()'s "multiple values" TypeError
+        distilled.generate_to_file(tmp_path / "ball.mp4", prompt=PROMPT, output_type="np")
+    assert list(tmp_path.iterdir()) == []

@@ -51,3 +51,41 @@ def check_seed_or_generator(seed, generator) -> None:
     if seed is not None and generator is not None:
         raise InputError("give seed or generator, not both (a generator carries its own seed: "
                          "torch.Generator().manual_seed(n))")
+
+
+def image_input(image):
+    """The i2v image in a form the image checks take: a path, a PIL image or a numpy array.
+
+    diffusers hands images around as torch tensors too, (3, H, W) or (1, 3, H, W) float in [0, 1] (or
+    channels last, or uint8): they become numpy arrays here. Float pixels must lie in [0, 1]; a [0, 255]
+    float image was clipped to a white page.
+    """
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dim() == 4 and tensor.shape[0] == 1:  # a batch of one
+            tensor = tensor[0]
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        if tensor.dim() not in (2, 3):
+            raise InputError(f"an image tensor must be (3, H, W), (1, 3, H, W) or (H, W, 3), got shape "
+                             f"{tuple(image.shape)}")
+        image = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
+        from .utils import check_float_pixels
+
+        check_float_pixels(image, "float image pixels")
+    return image
+
+
+def video_input(video):
+    """The v2v video as a path or a uint8 (T, H, W, 3) array.
+
+    Also taken, as diffusers passes videos: a list of PIL images or of (H, W, 3) arrays, a torch tensor
+    (T, 3, H, W) or (T, H, W, 3), and float frames in [0, 1].
+    """
+    from .utils import video_to_uint8
+
+    if isinstance(video, (list, tuple, torch.Tensor)) or (isinstance(video, np.ndarray)
+                                                          and np.issubdtype(video.dtype, np.floating)):
+        return video_to_uint8(video)
+    return video

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .call_inputs import check_finite
 from .errors import InputError
 from .sampling.sampler import check_generators
 
@@ -40,8 +41,15 @@ class DiffusersConventions:
         return self._interrupt
 
     def set_progress_bar_config(self, **kwargs) -> None:
-        """As in diffusers: `pipe.set_progress_bar_config(disable=True)` silences the denoising bar."""
+        """As in diffusers: tqdm options for the denoising bar of `pipe(...)`, e.g. `disable=True` or `desc=`."""
         self._progress_bar_config = dict(kwargs)
+
+    def progress_bar_options(self) -> bool | dict:
+        """What `pipe(...)` hands the sampler as `progress`: False, True or the tqdm options set."""
+        options = dict(self._progress_bar_config or {})
+        if options.pop("disable", False):
+            return False
+        return options or True
 
     def __call__(self, prompt: str | list[str] | None = None, *, negative_prompt: str | list[str] | None = None,
                  num_videos_per_prompt: int = 1, guidance_scale: float | None = None,
@@ -58,7 +66,7 @@ class DiffusersConventions:
             passes (a magi1 extension; default: the official null caption).
         guidance_scale / prev_chunk_guidance_scale: override the text / previous-chunk scale of the config's
             guided t buckets (None: the config's schedule). Base models only.
-        generator: one CPU generator (drawing every video's noise in turn) or one per video.
+        generator: one torch.Generator (drawing every video's noise in turn) or one per video.
         latents: the whole initial noise, (videos, 16, latent frames, h, w).
         output_type: "np" float (B, T, H, W, 3) in [0, 1] | "pt" float (B, T, 3, H, W) | "pil" | "latent".
         callback_on_step_end(pipe, step, t, callback_kwargs) -> callback_kwargs, after every forward step;
@@ -69,6 +77,10 @@ class DiffusersConventions:
             prompt_attention_mask, prefix_latents, keep_aspect (see `stream`). docs/python-api.md has the details.
         """
         prompts, negatives = expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
+        if isinstance(callback_on_step_end_tensor_inputs, str):  # its letters were taken for names
+            raise InputError(f"callback_on_step_end_tensor_inputs must be a list of names, e.g. "
+                             f"[{callback_on_step_end_tensor_inputs!r}], got the text "
+                             f"{callback_on_step_end_tensor_inputs!r}")
         unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
         if unknown:
             raise InputError(f"callback_on_step_end_tensor_inputs may name {', '.join(self._callback_tensor_inputs)}; "
@@ -93,10 +105,12 @@ class DiffusersConventions:
             if edited is not None and not isinstance(edited, torch.Tensor):
                 raise InputError(f"callback_on_step_end returned latents as {type(edited).__name__}; they must "
                                  f"be a torch tensor shaped like callback_kwargs['latents']")
+            if edited is not None and edited is not latent:  # NaN latents ran on to an all-black video
+                check_finite(edited, "the latents callback_on_step_end returned")
             return edited
 
         if progress is None:
-            progress = not (self._progress_bar_config or {}).get("disable", False)
+            progress = self.progress_bar_options()
         chunks = list(self.stream_batch(
             prompts, negative_prompt=negatives, guidance_scale=guidance_scale,
             prev_chunk_guidance_scale=prev_chunk_guidance_scale, num_inference_steps=num_inference_steps,

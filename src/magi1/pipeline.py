@@ -122,7 +122,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             HF_HUB_OFFLINE=1 or local_files_only=True), a folder from `magi1 download --dir` (with variant)
             or from `save_pretrained`, an official config JSON, a preset name, or a MagiConfig.
         config: the architecture for a downloaded variant, when not the variant's own preset.
-        torch_dtype (alias dtype): weights and activations dtype; default bfloat16 on GPU, float32 on CPU.
+        torch_dtype (alias dtype): weights and activations dtype. Default: the DiT keeps its checkpoint's
+            params_dtype (bfloat16 for the demo and the official weights, on a CPU too, as the official loader
+            does) and the VAE runs in bfloat16 on a GPU, float32 on a CPU; torch.float32 is float32 throughout.
         device_map: None (everything on `device`, default: the GPU when there is one) or one device name.
         special_tokens_path: the official special_tokens.npz; found by itself beside hub downloads.
         offload: "none", "model", "blocks" (with blocks_on_device layers on the device) or "auto" (the
@@ -135,6 +137,8 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         from .models.vae import ViTVAE
         from .sampling.special_tokens import SpecialTokens
 
+        check_load_options(pretrained_model_name_or_path, offload=offload, weights=weights,
+                           blocks_on_device=blocks_on_device)  # before any weights are read
         if device_map is not None:
             if device is not None or not isinstance(device_map, str) or device_map in ("balanced", "sequential"):
                 raise InputError("device_map takes None or one device name (e.g. 'cuda'); to spread a model over "
@@ -195,6 +199,11 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         if offload != "none":
             pipe.enable_offload(offload, blocks_on_device=blocks_on_device)
         return pipe
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The DiT's compute dtype (its residual stream), as diffusers' `pipe.dtype`."""
+        return self.dit.compute_dtype
 
     @property
     def dit_device(self) -> torch.device:
@@ -294,13 +303,16 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
 
         output_type: chunk.frames is "np" uint8 (4t, H, W, 3) (what a video encoder takes) | "pt" float32
         (4t, 3, H, W) in [0, 1] | "pil" a list of PIL images | "latent" None (chunk.latents only).
-        `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn on
-        the CPU from `generator` (one, or a list of one) or from a generator seeded with `seed` (default: the
-        config's seed; give seed or generator, not both). Tensors may be numpy arrays.
+        `latents` is the full initial noise (1, 16, chunks*chunk_width, h, w); without it the noise is drawn
+        from `generator` (one, or a list of one; on the generator's device) or on the CPU from a generator
+        seeded with `seed` (default: the config's seed; give seed or generator, not both). Tensors may be
+        numpy arrays.
+        image: a path, a PIL image, a numpy array or a torch tensor ((3, H, W) float in [0, 1], or uint8).
         prefix_latents: an already-encoded scaled VAE latent instead of `image` / `video` (the official
         `prefix_video` tensor: 1 frame for i2v, Tp frames for v2v).
-        video: a file or a uint8 (T, H, W, 3) array at the model's fps; v2v continues its first PREFIX_FRAMES
-        (32) frames, or with prefix_from="end" its last 32.
+        video: a file or frames at the model's fps (a uint8 (T, H, W, 3) array, a list of PIL images, a torch
+        tensor (T, 3, H, W); float frames in [0, 1]); v2v continues its first PREFIX_FRAMES (32) frames, or with
+        prefix_from="end" its last 32.
         negative_prompt (one, or a list of one), guidance_scale, prev_chunk_guidance_scale: as in `__call__`.
         on_state(state) receives a ResumeState each time a chunk finishes; passing one back as `resume_state`
         (with the same inputs) first re-yields the chunks it had finished, then continues exactly where it was.
@@ -351,7 +363,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         from .preview import window_clean_estimate
         from .sampling.schedule import time_grid
         from .live_conditioning import pipeline_caption_rows
-        from .call_inputs import check_seed_or_generator, tensor_input
+        from .call_inputs import check_seed_or_generator, image_input, tensor_input, video_input
         from .preflight import warn_of_frame_rounding
 
         if output_type not in OUTPUT_TYPES:
@@ -361,6 +373,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             tensor_input(value, name) for value, name in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
                                                           (prompt_attention_mask, "prompt_attention_mask"),
                                                           (prefix_latents, "prefix_latents")))
+        image, video = image_input(image), video_input(video)  # torch tensors, lists of PIL images, floats
         if output_type != "latent" and self.vae is None:
             check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
         batch = len(prompts)
@@ -446,7 +459,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         live = None if live_prompts is None else pipeline_caption_rows(
             self, live_prompts, prompts, chunk_prompts, prompt_embeds, num_generated, clean_chunks)
         chunks = sample_chunks(self.dit, config, y, y_masks, noise, prefix_latent=prefix,
-                               progress=progress and is_output_rank(self.parallel), callback=on_step,
+                               progress=progress if is_output_rank(self.parallel) else False, callback=on_step,
                                resume_from=resume_from, clean_rows=clean_rows, stop=interrupt, caption_rows=live)
         for index, chunk_latents in enumerate(itertools.chain(replayed, chunks)):
             frames = None
@@ -470,6 +483,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         from .io.chunked_mp4 import ChunkedMp4Writer
         from .parallel import is_output_rank
 
+        if "output_type" in kwargs:  # the chunks go into the mp4; it came back as stream()'s duplicate keyword
+            raise InputError("generate_to_file writes the frames into the mp4, so output_type does not apply; "
+                             "use pipe(...) or stream() to get frames back")
         path = Path(path)
         if not is_output_rank(self.parallel):
             # Other ranks take part in every collective of the run but write nothing.
@@ -564,6 +580,26 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         reference = as_batched_conditioning(plain.y, plain.masks) if plain is not None else (y, masks)
         clean_y, clean_mask = default_clean_rows(*reference)
         return y, masks, (clean_y.expand(len(prompts), -1, -1), clean_mask.expand(len(prompts), -1))
+
+
+def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> None:
+    """from_pretrained's own options, refused in one sentence before any weights load (offload="bogus" used to
+    load the whole model first, and weights="bogus" was taken silently)."""
+    import numbers
+    import os
+
+    from .memory.modes import OFFLOAD_MODES, WEIGHT_FORMATS
+
+    if not isinstance(name_or_path, (str, os.PathLike, MagiConfig)):
+        raise InputError(f"pretrained_model_name_or_path must be a preset name, a folder, a config JSON or a hub "
+                         f"repository id (with variant=), got {type(name_or_path).__name__} {name_or_path!r}")
+    if offload not in (*OFFLOAD_MODES, "auto"):
+        raise InputError(f"offload must be one of {', '.join((*OFFLOAD_MODES, 'auto'))}, got {offload!r}")
+    if weights not in WEIGHT_FORMATS:
+        raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    if isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, numbers.Integral) \
+            or blocks_on_device < 1:
+        raise InputError(f"blocks_on_device must be a whole number >= 1, got {blocks_on_device!r}")
 
 
 def warn_if_unknown_prompt(prompt: str, text_encoder_folder) -> None:

@@ -43,13 +43,20 @@ def video_to_uint8(video) -> np.ndarray:
         return frames
     if not np.issubdtype(frames.dtype, np.floating):
         raise InputError(f"frames must be uint8 or float in [0, 1], got {frames.dtype}")
-    if frames.size and not np.isfinite(frames).all():
-        raise InputError("the float frames hold NaN or infinite values; every value must be a number in [0, 1]")
-    low, high = (float(frames.min()), float(frames.max())) if frames.size else (0.0, 1.0)
-    if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
-        raise InputError(f"float frames must be in [0, 1], got values from {low:g} to {high:g}; "
-                         f"{_range_hint(low, high)}")
+    check_float_pixels(frames, "float frames")
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def check_float_pixels(pixels: np.ndarray, what: str) -> None:
+    """Refuse float pixels that are not finite or lie outside [0, 1] (a [0, 255] image clipped to white)."""
+    from .errors import InputError
+
+    if pixels.size and not np.isfinite(pixels).all():
+        raise InputError(f"the {what} hold NaN or infinite values; every value must be a number in [0, 1]")
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 1.0)
+    if low < -FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
+        raise InputError(f"{what} must be in [0, 1], got values from {low:g} to {high:g}; "
+                         f"{_range_hint(low, high)}")
 
 
 def _range_hint(low: float, high: float) -> str:

@@ -16,7 +16,7 @@ at the saved step. (A looser alternative: `resume_prefix` turns the finished chu
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -84,10 +84,13 @@ def batch_noise(shape: Sequence[int], *, latents: torch.Tensor | None = None, ge
             raise InputError(f"latents must have shape {tuple(shape)} for these settings, got {tuple(latents.shape)}")
         return latents.float().cpu()
     check_generators(generator, batch)
+    # Drawn where the generator lives, as diffusers does: torch.Generator("cuda") is common in diffusers code,
+    # and torch refuses to draw CPU noise from it. A CPU generator draws exactly what it always did.
     if isinstance(generator, (list, tuple)):
-        return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
+        return torch.cat([torch.randn(one, generator=g, device=g.device, dtype=torch.float32).cpu()
+                          for g in generator])
     if generator is not None:
-        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+        return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32).cpu()
     return torch.cat([initial_noise(one, seed + b) for b in range(batch)])
 
 
@@ -216,7 +219,7 @@ def sample_chunks(
     kv_cache: Any = None,
     prev_chunks_scale: float = DEFAULT_PREV_CHUNKS_SCALE,
     release_cache: bool = True,
-    progress: bool = True,
+    progress: bool | Mapping = True,
     callback: StepCallback | None = None,
     resume_from: tuple[int, torch.Tensor] | None = None,
     clean_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -364,9 +367,11 @@ class _NoProgress:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool | Mapping):
+    """A tqdm bar over the steps; `enabled` may be tqdm options (diffusers' set_progress_bar_config)."""
     if not enabled:
         return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="denoising", unit="step")
+    options = dict(enabled) if isinstance(enabled, Mapping) else {}
+    return tqdm(total=total, **{"desc": "denoising", "unit": "step", **options})
