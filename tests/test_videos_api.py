@@ -158,3 +158,22 @@ def test_sync_returns_the_mp4_with_timing_headers(client, limits, magi1_server):
     assert len(decode_mp4(response.content)) == limits["frames_per_chunk"]
     video = client.videos.retrieve(response.headers["x-video-id"])
     assert video.status == "completed"
+
+
+def test_the_clients_sora_only_calls_are_refused_in_one_sentence(client, first_video):
+    """remix, edit and characters are in client.videos but not in MAGI-1: each is a NotFoundError that says what
+    to use instead (they were a generic 404 and, for the POSTs, a 405 the client raises as a bare APIStatusError)."""
+    video, _ = first_video
+    calls = {
+        "remix": lambda: client.videos.remix(video.id, prompt="make it blue"),
+        "edit": lambda: client.videos.edit(prompt="make it blue", video=("v.mp4", b"\x00" * 16, "video/mp4")),
+        "create_character": lambda: client.videos.create_character(name="ball", video=("v.mp4", b"\x00" * 16,
+                                                                                         "video/mp4")),
+        "get_character": lambda: client.videos.get_character("char_123"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(openai.NotFoundError) as refused:
+            call()
+        assert refused.value.code == "unsupported_endpoint", (name, refused.value.message)
+        assert f"client.videos.{name}" in refused.value.message and refused.value.message.count(";") == 1
+    assert client.videos.retrieve(video.id).status == "completed"  # the video itself is untouched

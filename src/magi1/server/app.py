@@ -68,6 +68,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
     from .api_docs import install_docs
     from .api_keys import install_api_keys
     from .live_jobs import LiveJobs
+    from .openai_unsupported import unsupported_router
     from .realtime_video import realtime_router
     from .videos_api import videos_router
 
@@ -102,6 +103,7 @@ def create_app(pipeline_factory: Callable[[], Any], settings: ServerSettings | N
         app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(ErrorGuard)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(unsupported_router())  # before videos_router: /v1/videos/characters is no video id
     app.include_router(videos_router(store, settings, model_id))
     app.include_router(realtime_router(store, settings, model_id))
     install_docs(app)
