@@ -36,7 +36,8 @@ def distilled():
 
 
 def _latents(pipe, **kwargs):
-    return pipe(PROMPT, num_frames=24, output_type="latent", progress=False, **kwargs).latents
+    prompt = kwargs.pop("prompt", PROMPT)
+    return pipe(prompt, num_frames=24, output_type="latent", progress=False, **kwargs).latents
 
 
 def _one_chunk(pipe, **kwargs):
@@ -324,3 +325,20 @@ def test_generate_to_file_says_output_type_does_not_apply(distilled, tmp_path):
     with pytest.raises(InputError, match="output_type does not apply"):  # was stream()'s "multiple values" TypeError
         distilled.generate_to_file(tmp_path / "ball.mp4", prompt=PROMPT, output_type="np")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 14. prompt_embeds, numpy scales, stray keywords
+def test_prompt_embeds_of_the_wrong_shape_and_stray_keywords_are_named(demo):
+    embeds, masks = demo.encode_prompts([PROMPT])
+    assert torch.equal(_latents(demo, prompt=None, prompt_embeds=embeds[0], prompt_attention_mask=masks[0], seed=1),
+                       _latents(demo, seed=1))
+    for bad_embeds, bad_mask, message in (
+            (embeds[0][..., :32], masks[0], "prompt_embeds must end in (caption length 64, T5 channels 64)"),
+            (embeds[0], masks[0][:, :7], "prompt_attention_mask must hold one row of 64")):  # were deep errors
+        with pytest.raises(InputError, match=re.escape(message)):
+            _latents(demo, prompt=None, prompt_embeds=bad_embeds, prompt_attention_mask=bad_mask)
+    # a guidance sweep over np.linspace(..., dtype=np.float32) was refused as "not a number"
+    assert torch.equal(_latents(demo, seed=1, guidance_scale=np.float32(2.0)),
+                       _latents(demo, seed=1, guidance_scale=2.0))
+    with pytest.raises(TypeError, match=re.escape("pipe() got an unexpected keyword argument 'eta'")):
+        _latents(demo, eta=0.0)  # said stream_batch(), a method the caller never called

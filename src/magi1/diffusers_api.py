@@ -76,6 +76,7 @@ class DiffusersConventions:
         magi_kwargs: image (i2v), video (v2v), prefix_from, chunk_prompts, seed, prompt_embeds,
             prompt_attention_mask, prefix_latents, keep_aspect (see `stream`). docs/python-api.md has the details.
         """
+        check_call_keywords(self, magi_kwargs)
         prompts, negatives = expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
         if isinstance(callback_on_step_end_tensor_inputs, str):  # its letters were taken for names
             raise InputError(f"callback_on_step_end_tensor_inputs must be a list of names, e.g. "
@@ -252,6 +253,20 @@ class DiffusersConventions:
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise InputError(f"scale must be a whole number >= 1 (pixels per latent cell side), got {scale!r}")
         return self.latent_preview(latents, scale=scale)
+
+
+def check_call_keywords(pipe, magi_kwargs: Mapping) -> None:
+    """A keyword pipe() does not take is a TypeError that names pipe(), not the stream_batch() it is passed on to
+    (diffusers' eta, max_sequence_length or negative_prompt_embeds said "stream_batch() got an unexpected ...")."""
+    import difflib
+    import inspect
+
+    known = set(inspect.signature(pipe.stream_batch).parameters) | set(inspect.signature(pipe.__call__).parameters)
+    for name in magi_kwargs:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; docs/python-api.md lists the arguments"
+            raise TypeError(f"pipe() got an unexpected keyword argument {name!r}{hint}")
 
 
 def _copy_folder(source: Path, target: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,11 +231,11 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                                  "guidance_scale and prev_chunk_guidance_scale do not apply")
             for name, value in (("guidance_scale", guidance_scale),
                                 ("prev_chunk_guidance_scale", prev_chunk_guidance_scale)):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
                                           or not math.isfinite(value) or value < 0):
                     raise InputError(f"{name} must be a number >= 0, got {value!r}")
-            overrides.update(guidance_overrides(self.config.runtime_config, guidance_scale,
-                                                prev_chunk_guidance_scale))
+            as_float = [None if v is None else float(v) for v in (guidance_scale, prev_chunk_guidance_scale)]
+            overrides.update(guidance_overrides(self.config.runtime_config, *as_float))  # np.float32 too
         config = config.replace(**overrides) if overrides else config
         r = config.runtime_config
         return config, RunSettings(r.video_size_h, r.video_size_w, r.num_frames, r.num_steps, r.seed)
@@ -535,7 +536,14 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                 raise InputError("give prompt / chunk_prompts or prompt_embeds, not both")
             if prompt_attention_mask is None:
                 raise InputError("prompt_embeds needs prompt_attention_mask")
+            length, channels = self.dit.y_embedder.null_caption_embedding.shape  # what the DiT's captions are
+            if prompt_embeds.dim() < 2 or tuple(prompt_embeds.shape[-2:]) != (length, channels):
+                raise InputError(f"prompt_embeds must end in (caption length {length}, T5 channels {channels}), as "
+                                 f"pipe.encode_prompts gives them, got shape {tuple(prompt_embeds.shape)}")
             emb = prompt_embeds.float().reshape(-1, *prompt_embeds.shape[-2:])  # (1 or chunks, Lc, C)
+            if prompt_attention_mask.numel() != emb.shape[0] * length:
+                raise InputError(f"prompt_attention_mask must hold one row of {length} per prompt_embeds row "
+                                 f"({emb.shape[0]}), got shape {tuple(prompt_attention_mask.shape)}")
             mask = prompt_attention_mask.reshape(emb.shape[0], -1)
             if emb.shape[0] == 1:
                 return emb, mask
