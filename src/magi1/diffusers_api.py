@@ -126,6 +126,10 @@ class DiffusersConventions:
         """Keep each component (DiT layers, VAE, a device T5) in host memory except while it runs."""
         return self.enable_offload("model", device=device)
 
+    def enable_sequential_cpu_offload(self, device: str | torch.device | None = None):
+        """diffusers' lowest-memory mode: here the DiT's layers come to the device one at a time (block offload)."""
+        return self.enable_block_offload(1, device=device)
+
     def enable_block_offload(self, blocks_on_device: int = 2, device: str | torch.device | None = None):
         """Stream the DiT's layers from host memory: at most `blocks_on_device` on the device at a time."""
         return self.enable_offload("blocks", blocks_on_device=blocks_on_device, device=device)
@@ -149,6 +153,8 @@ class DiffusersConventions:
 
         if isinstance(device, torch.dtype) or (isinstance(device, str) and _is_dtype_name(device)):
             device, dtype = None, device
+        if isinstance(device, int) and not isinstance(device, bool):  # torch's .to(0): GPU 0
+            device = f"cuda:{device}"
         dtype = torch_dtype if torch_dtype is not None else dtype
         if getattr(self, "parallel", None) is not None:
             raise InputError("a pipeline running under torchrun keeps the placement its launch gave it")
