@@ -109,6 +109,22 @@ def test_callback_on_step_end_edits_latents_and_interrupts(tiny_pipeline):
         tiny_pipeline("a", callback_on_step_end=stop_early, callback_on_step_end_tensor_inputs=["noise"])
 
 
+def test_a_run_interrupted_before_its_first_chunk_is_empty_but_of_its_size(tiny_pipeline, tmp_path):
+    from magi1.utils import export_to_video
+
+    def stop_at_once(pipe, step, t, callback_kwargs):
+        pipe._interrupt = True
+        return callback_kwargs
+
+    result = tiny_pipeline(["a red ball", "a blue square"], num_frames=48, seed=1, progress=False,
+                           callback_on_step_end=stop_at_once)
+    assert result.frames.shape == (2, 0, 32, 32, 3) and result.latents.shape == (2, 16, 0, 4, 4)  # were (2, 0, 0, 0, 3)
+    # writing it is one sentence, not an errno from libx264 or a missing temporary file
+    with pytest.raises(InputError, match="the video has no frames"):
+        export_to_video(result.frames[0], tmp_path / "nothing.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_guidance_scale_and_negative_prompt(tiny_pipeline, monkeypatch):
     import magi1.sampling.sampler as sampler
 

@@ -118,7 +118,11 @@ class DiffusersConventions:
             num_frames=num_frames, height=height, width=width, generator=generator, latents=latents,
             output_type=output_type, progress=progress, step_callback=step_callback,
             interrupt=lambda: self._interrupt, **magi_kwargs))
-        output = _assemble(chunks, len(prompts), output_type)
+        size = None
+        if not chunks:  # interrupted before the first chunk finished: empty, but of the run's frame size
+            config, run = self.settings_for(height=height, width=width)
+            size = (run.height, run.width, *config.latent_size)
+        output = _assemble(chunks, len(prompts), output_type, size)
         return output if return_dict else (output.frames,)
 
     # ------------------------------------------------------------------ placement
@@ -336,20 +340,23 @@ def chunk_frames_as(frames: np.ndarray, output_type: str):
     return frames
 
 
-def _assemble(chunks, batch: int, output_type: str):
-    """The chunks of a run -> MagiPipelineOutput with a batch of videos (`frames[0]` is the first video)."""
+def _assemble(chunks, batch: int, output_type: str, size: tuple[int, int, int, int] | None = None):
+    """The chunks of a run -> MagiPipelineOutput with a batch of videos (`frames[0]` is the first video).
+
+    size: (H, W, h, w) of the frames and latents, for a run that finished no chunk (0 frames of that size).
+    """
     from .pipeline import MagiPipelineOutput
 
     if chunks:
         latents = torch.cat([c.latents for c in chunks], dim=2)  # (B, 16, T_lat, h, w)
     else:
-        latents = torch.empty(batch, 16, 0, 0, 0)
+        latents = torch.empty(batch, 16, 0, *size[2:])
     if output_type == "latent":
         return MagiPipelineOutput(frames=latents, latents=latents)
     if chunks:
         videos = np.stack([np.concatenate([c.frames[b] for c in chunks]) for b in range(batch)])  # (B, T, H, W, 3)
     else:
-        videos = np.zeros((batch, 0, 0, 0, 3), np.uint8)
+        videos = np.zeros((batch, 0, *size[:2], 3), np.uint8)
     if output_type == "pil":
         return MagiPipelineOutput(frames=[chunk_frames_as(video, "pil") for video in videos], latents=latents)
     if output_type == "pt":

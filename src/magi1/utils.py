@@ -39,6 +39,8 @@ def video_to_uint8(video) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise InputError(f"a video must be (T, H, W, 3) frames (for a batch, pass one video: frames[0]); "
                          f"got shape {frames.shape}")
+    if not len(frames):  # the encoder failed with an errno deep in libx264 (e.g. a run interrupted at once)
+        raise InputError("the video has no frames")
     if frames.dtype == np.uint8:
         return frames
     if not np.issubdtype(frames.dtype, np.floating):
