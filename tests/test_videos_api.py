@@ -177,3 +177,22 @@ def test_the_clients_sora_only_calls_are_refused_in_one_sentence(client, first_v
         assert refused.value.code == "unsupported_endpoint", (name, refused.value.message)
         assert f"client.videos.{name}" in refused.value.message and refused.value.message.count(";") == 1
     assert client.videos.retrieve(video.id).status == "completed"  # the video itself is untouched
+
+
+def test_a_video_made_with_the_defaults_reports_the_seed_and_steps_it_was_made_with(client, limits, tmp_path):
+    """A client that sent no seed or steps can read from the video object how to make the same video again:
+    the values its mp4's tags record (they were null)."""
+    from magi1.run_tags import read_run_settings
+
+    video = client.videos.create_and_poll(prompt="a green ball falls", seconds="1", poll_interval_ms=100)
+    assert video.status == "completed"
+    client.videos.download_content(video.id).write_to_file(tmp_path / "made.mp4")
+    made = read_run_settings(tmp_path / "made.mp4")
+    extras = video.model_extra["magi1"]
+    assert (extras["seed"], extras["num_inference_steps"]) == (made["seed"], made["steps"])
+    assert extras["num_inference_steps"] == limits["default_steps"]
+    again = client.videos.create_and_poll(prompt="a green ball falls", seconds="1", poll_interval_ms=100,
+                                          extra_body={"seed": extras["seed"],
+                                                      "num_inference_steps": extras["num_inference_steps"]})
+    np.testing.assert_array_equal(decode_mp4(client.videos.download_content(again.id).read()),
+                                  decode_mp4((tmp_path / "made.mp4").read_bytes()))

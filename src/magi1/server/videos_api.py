@@ -90,7 +90,9 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
         budget = budget_for(settings, config.runtime_config) if config is not None else None
         runtime = config.runtime_config if config is not None else None
         default_size = f"{runtime.video_size_w}x{runtime.video_size_h}" if runtime is not None else None
-        return video_object(record, job, model_id, settings, frames_cache, budget, default_size)
+        # What a job sent without seed or steps was made with: the config's, as its mp4's tags record them.
+        defaults = {"seed": runtime.seed, "steps": runtime.num_steps} if runtime is not None else {}
+        return video_object(record, job, model_id, settings, frames_cache, budget, default_size, defaults)
 
     async def commit(request: Request, staged: StagedJob, prepared) -> Job:
         """Check the request against the config and the cost budget, then queue it (the last check is room)."""
@@ -276,6 +278,10 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
     return router
 
 
+def _given_or(value, default):
+    return default if value is None else value
+
+
 def _limit(text: str | None) -> int:
     try:
         count = whole_number(text, "limit")
@@ -319,9 +325,11 @@ def prepare_extension(source, folder, request_job, model: ModelLimits) -> int:
 
 
 def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings, frames_cache: dict,
-                 budget: int | None = None, default_size: str | None = None) -> dict:
+                 budget: int | None = None, default_size: str | None = None, defaults: dict | None = None) -> dict:
     """The OpenAI video object of a job, with magi1's own fields under "magi1". default_size: the model's
-    configured "WxH", which a job made without a size (through /v1/jobs) is made at."""
+    configured "WxH", which a job made without a size (through /v1/jobs) is made at; defaults: its "seed" and
+    "steps", which a job sent without them is made with (so the object says how to make the video again)."""
+    defaults = defaults or {}
     request = record["request"]
     meta = request.get("video_api") or {}
     state = record["state"]
@@ -350,8 +358,10 @@ def video_object(record: dict, job: Job, model_id: str, settings: ServerSettings
         "expires_at": int(finished + settings.result_ttl_s) if finished else None,
         "prompt": request.get("prompt"), "seconds": seconds or "", "size": size or "",
         "remixed_from_video_id": None, "error": error,
-        "magi1": {"mode": request["mode"], "extends": meta.get("extends"), "seed": request.get("seed"),
-                  "num_inference_steps": request.get("steps"), "chunk_prompts": request.get("chunk_prompts"),
+        "magi1": {"mode": request["mode"], "extends": meta.get("extends"),
+                  "seed": _given_or(request.get("seed"), defaults.get("seed")),
+                  "num_inference_steps": _given_or(request.get("steps"), defaults.get("steps")),
+                  "chunk_prompts": request.get("chunk_prompts"),
                   "negative_prompt": request.get("negative_prompt"), "enhance": bool(request.get("enhance")),
                   "story": request.get("story"), "enhanced": record.get("enhanced"),
                   "chunks_ready": record["chunks_ready"], "stopped": record["stopped"],
