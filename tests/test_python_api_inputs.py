@@ -300,7 +300,7 @@ def test_a_callback_handing_back_nan_latents_or_a_tensor_inputs_string_is_refuse
 
 
 # ------------------------------------------------------------------ 13. from_pretrained's own options
-def test_from_pretrained_refuses_unknown_options_before_loading_and_says_its_dtype(monkeypatch):
+def test_from_pretrained_refuses_unknown_options_before_loading_and_says_its_dtype(monkeypatch, tmp_path):
     import magi1.checkpoint.loader as loader
 
     def no_loading(*args, **kwargs):
@@ -315,6 +315,14 @@ def test_from_pretrained_refuses_unknown_options_before_loading_and_says_its_dty
                 MagiPipeline.from_pretrained("demo", **kwargs)
         with pytest.raises(InputError, match="must be a preset name, a folder"):
             MagiPipeline.from_pretrained(None)
+        script = tmp_path / "notes.txt"
+        script.write_text("not a config\n")
+        for source, message in (  # were "looks like a hub repository: give variant=", "config file not found"
+                ("./no_such_model", "./no_such_model does not exist; from_pretrained takes a preset name"),
+                (tmp_path, f"the folder {tmp_path} has no config.json (save_pretrained writes one)"),
+                (script, f"{script} is not a config JSON"), ("", "the name or path is empty")):
+            with pytest.raises(InputError, match=re.escape(message)):
+                MagiPipeline.from_pretrained(source)
     # docs/python-api.md: left out, the DiT keeps the checkpoint's bfloat16 and the VAE is float32 on a CPU
     default = MagiPipeline.from_pretrained("demo", device="cpu")
     assert default.dtype == torch.bfloat16 and next(default.vae.parameters()).dtype == torch.float32
