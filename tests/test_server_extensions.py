@@ -175,6 +175,28 @@ def test_a_served_video_has_the_frames_magi1_generate_makes(client, tmp_path):
     np.testing.assert_array_equal(served, cli_generate(tmp_path, "--prompt", "a red ball rolls", "--num_frames", "48"))
 
 
+def test_a_video_with_chunk_prompts_records_its_prompt_as_magi1_generate_does(client, tmp_path):
+    """prompt covers the chunks before the first chunk_prompts entry: the mp4's tags keep it as chunk 0 (they
+    dropped it, and the description was a later chunk's prompt), the same tags `magi1 generate` writes."""
+    import av
+
+    from magi1.run_tags import read_run_settings
+
+    video = client.videos.create_and_poll(prompt="a red ball rolls", seconds="2", poll_interval_ms=100,
+                                          extra_body={**FAST, "chunk_prompts": {"1": "a blue ball rolls"}})
+    assert video.status == "completed"
+    client.videos.download_content(video.id).write_to_file(tmp_path / "served.mp4")
+    served = read_run_settings(tmp_path / "served.mp4")
+    assert served["chunk_prompts"] == {"0": "a red ball rolls", "1": "a blue ball rolls"}
+    cli_frames = cli_generate(tmp_path, "--prompt", "a red ball rolls", "--chunk_prompt", "1:a blue ball rolls",
+                              "--num_frames", "48")
+    made = read_run_settings(tmp_path / "cli.mp4")
+    assert {k: v for k, v in served.items() if k != "config"} == {k: v for k, v in made.items() if k != "config"}
+    with av.open(str(tmp_path / "served.mp4")) as container:
+        assert container.metadata["description"] == "a red ball rolls"
+    np.testing.assert_array_equal(decode_mp4((tmp_path / "served.mp4").read_bytes()), cli_frames)
+
+
 def cli_generate(folder: Path, *args: str) -> np.ndarray:
     """Frames of `magi1 generate` run as a user runs it, with the served model and FAST's seed and steps."""
     done = subprocess.run([str(Path(sys.executable).with_name("magi1")), "generate", "--config_file", "demo_distill",

@@ -62,8 +62,13 @@ def _with_run_settings(store, pipeline, mode: str, kwargs: dict, metadata):
                              num_inference_steps=kwargs["num_inference_steps"], seed=kwargs["seed"])
     except InputError:  # the render refuses it in its own words
         return metadata
+    prompt, chunk_prompts = kwargs["prompt"], kwargs["chunk_prompts"]
+    if chunk_prompts and prompt and 0 not in {int(k) for k in chunk_prompts}:
+        # The prompt captions the chunks before the first entry: recorded as chunk 0, as `magi1 generate` does,
+        # or the tags (and so the description) would lose it.
+        chunk_prompts = {0: prompt, **{int(k): v for k, v in chunk_prompts.items()}}
     settings = run_settings(config, config_name=getattr(store, "model_id", "magi1"), mode=mode,
-                            prompt=kwargs["prompt"], chunk_prompts=kwargs["chunk_prompts"])
+                            prompt=prompt, chunk_prompts=chunk_prompts)
     return with_run_settings(metadata, settings)
 
 
