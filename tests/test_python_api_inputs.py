@@ -274,6 +274,8 @@ def test_images_and_videos_in_every_documented_form_give_the_same_continuation(d
         assert torch.equal(v2v(video), reference)
     with pytest.raises(InputError, match="float frames must be in"):
         v2v(clip.astype(np.float32))
+    with pytest.raises(InputError, match="must all be one size, got 2 sizes"):  # was numpy's np.stack ValueError
+        v2v([Image.fromarray(clip[0]), Image.fromarray(clip[1]).resize((32, 32))])
 
 
 # ------------------------------------------------------------------ 11. the progress bar, diffusers' way

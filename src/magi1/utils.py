@@ -28,8 +28,12 @@ def video_to_uint8(video) -> np.ndarray:
     if isinstance(video, (list, tuple)):  # PIL images or (H, W, 3) arrays
         if not video:
             raise InputError("the video has no frames")
-        video = np.stack([np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
-                          for frame in video])
+        frames = [np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame) for frame in video]
+        sizes = sorted({frame.shape for frame in frames})
+        if len(sizes) > 1:  # np.stack's "all input arrays must have the same shape"
+            raise InputError(f"the frames of a video must all be one size, got {len(sizes)} sizes: "
+                             f"{', '.join(str(size) for size in sizes[:3])}")
+        video = np.stack(frames)
     if hasattr(video, "detach"):  # a torch tensor
         tensor = video.detach().cpu()
         if tensor.dim() == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
