@@ -279,14 +279,16 @@ def test_images_and_videos_in_every_documented_form_give_the_same_continuation(d
 
 
 # ------------------------------------------------------------------ 11. the progress bar, diffusers' way
-def test_set_progress_bar_config_passes_its_options_to_the_bar(capsys):
+def test_set_progress_bar_config_passes_its_options_to_the_bar(capsys, tmp_path):
     pipe = MagiPipeline.from_pretrained("demo_distill", device="cpu")
+    capsys.readouterr()
     pipe.set_progress_bar_config(desc="my video", leave=False)
     pipe(PROMPT, num_frames=24, output_type="latent")
     shown = capsys.readouterr().err
     assert "my video:" in shown and "denoising" not in shown and not shown.endswith("\n")  # leave=False clears it
     pipe.set_progress_bar_config(disable=True)
     pipe(PROMPT, num_frames=24, output_type="latent")
+    pipe.generate_to_file(tmp_path / "quiet.mp4", prompt=PROMPT, num_frames=24)  # the file's bar obeys it too
     assert capsys.readouterr().err == ""
 
 

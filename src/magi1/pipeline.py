@@ -471,7 +471,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
                 callback({"type": "chunk", "index": index, "num_chunks": num_generated})
             yield BatchChunkOutput(index=index, num_chunks=num_generated, latents=chunk_latents.cpu(), frames=frames)
 
-    def generate_to_file(self, path: str | Path, *, progress: bool = True, resume: bool = False,
+    def generate_to_file(self, path: str | Path, *, progress: bool | None = None, resume: bool = False,
                          metadata: Mapping[str, str] | None = None, **kwargs) -> GenerationReport:
         """Stream chunks into an mp4, each encoded as soon as it is clean.
 
@@ -479,7 +479,8 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         decoded: the file is playable while it grows, and a killed run leaves every finished chunk in it (a file
         already at `path` is replaced when the first chunk lands). After every finished chunk the run's state is saved
         next to the output, so `resume=True` continues a killed run exactly where it stopped. `metadata`: the
-        mp4's container tags (e.g. the captions of an enhanced run).
+        mp4's container tags (e.g. the captions of an enhanced run). progress: the denoising bar (default: as
+        set_progress_bar_config says, shown unless disabled).
         """
         from .chunk_output import ChunkSink, overlap_for
         from .io.chunked_mp4 import ChunkedMp4Writer
@@ -497,6 +498,8 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         # Before any work: a folder that is missing or read-only, a file name that is a folder, or a name not
         # ending in .mp4 is one sentence now, not a traceback after the first chunk (or after the last).
         path = check_output_path(path, resume=resume)
+        if progress is None:
+            progress = self.progress_bar_options()
         state_file = resume_state_path(path)
         resume_state = ResumeState.load(state_file) if resume else None
         start = time.perf_counter()
