@@ -1,4 +1,4 @@
-"""The tensors a caller hands the Python API, taken in at the door of a run, before any heavy work.
+"""What a caller hands the Python API, taken in at the door of a run (or a load), before any heavy work.
 
 numpy arrays are accepted wherever a tensor is (a user holding `np.load`-ed latents met
 `'numpy.ndarray' object has no attribute 'float'` deep inside the sampler). NaN or infinite values are
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,3 +91,54 @@ def video_input(video):
                                                           and np.issubdtype(video.dtype, np.floating)):
         return video_to_uint8(video)
     return video
+
+
+# ---------------------------------------------------------------------------------------------- from_pretrained
+def check_local_source(name_or_path, variant) -> None:
+    """A path from_pretrained cannot read, in one sentence: './missing' was taken for a hub repository id
+    ("give variant="), a folder without config.json was "config file not found", an mp4 a UnicodeDecodeError."""
+    from .config import PRESET_NAMES
+
+    if variant is not None or isinstance(name_or_path, _magi_config()):
+        return  # a folder with variant: the hub layout, checked where it is read
+    text = os.fspath(name_or_path)
+    if text in PRESET_NAMES:
+        return
+    what = "from_pretrained takes a preset name, a folder from save_pretrained, a config JSON or a hub repository id"
+    if not text.strip():
+        raise InputError(f"the name or path is empty; {what}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"the folder {path} has no config.json (save_pretrained writes one); a folder from "
+                             f"`magi1 download --dir` needs variant=, e.g. variant='4.5B_distill'")
+    elif path.is_file():
+        if path.suffix.lower() != ".json":
+            raise InputError(f"{path} is not a config JSON; {what}")
+    elif (isinstance(name_or_path, os.PathLike) or text.startswith((".", "/", "~"))
+          or text.lower().endswith(".json")):  # a path, not a preset name or a repository id
+        shown = text if str(path) == os.path.normpath(text) else f"{text} ({path})"
+        raise InputError(f"{shown} does not exist; {what}")
+
+
+def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> None:
+    """from_pretrained's own options, refused in one sentence before any weights load (offload="bogus" used to
+    load the whole model first, and weights="bogus" was taken silently)."""
+    from .memory.modes import OFFLOAD_MODES, WEIGHT_FORMATS
+
+    if not isinstance(name_or_path, (str, os.PathLike, _magi_config())):
+        raise InputError(f"pretrained_model_name_or_path must be a preset name, a folder, a config JSON or a hub "
+                         f"repository id (with variant=), got {type(name_or_path).__name__} {name_or_path!r}")
+    if offload not in (*OFFLOAD_MODES, "auto"):
+        raise InputError(f"offload must be one of {', '.join((*OFFLOAD_MODES, 'auto'))}, got {offload!r}")
+    if weights not in WEIGHT_FORMATS:
+        raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    if isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, numbers.Integral) \
+            or blocks_on_device < 1:
+        raise InputError(f"blocks_on_device must be a whole number >= 1, got {blocks_on_device!r}")
+
+
+def _magi_config():
+    from .config import MagiConfig
+
+    return MagiConfig

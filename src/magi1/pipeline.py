@@ -138,6 +138,8 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         from .models.vae import ViTVAE
         from .sampling.special_tokens import SpecialTokens
 
+        from .call_inputs import check_load_options, check_local_source
+
         check_load_options(pretrained_model_name_or_path, offload=offload, weights=weights,
                            blocks_on_device=blocks_on_device)  # before any weights are read
         check_local_source(pretrained_model_name_or_path, variant)
@@ -592,55 +594,6 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         reference = as_batched_conditioning(plain.y, plain.masks) if plain is not None else (y, masks)
         clean_y, clean_mask = default_clean_rows(*reference)
         return y, masks, (clean_y.expand(len(prompts), -1, -1), clean_mask.expand(len(prompts), -1))
-
-
-def check_local_source(name_or_path, variant) -> None:
-    """A path from_pretrained cannot read, in one sentence: './missing' was taken for a hub repository id
-    ("give variant="), a folder without config.json was "config file not found", an mp4 a UnicodeDecodeError."""
-    import os
-
-    from .config import PRESET_NAMES
-
-    if variant is not None or isinstance(name_or_path, MagiConfig):
-        return  # a folder with variant: the hub layout, checked where it is read
-    text = os.fspath(name_or_path)
-    if text in PRESET_NAMES:
-        return
-    what = "from_pretrained takes a preset name, a folder from save_pretrained, a config JSON or a hub repository id"
-    if not text.strip():
-        raise InputError(f"the name or path is empty; {what}")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"the folder {path} has no config.json (save_pretrained writes one); a folder from "
-                             f"`magi1 download --dir` needs variant=, e.g. variant='4.5B_distill'")
-    elif path.is_file():
-        if path.suffix.lower() != ".json":
-            raise InputError(f"{path} is not a config JSON; {what}")
-    elif (isinstance(name_or_path, os.PathLike) or text.startswith((".", "/", "~"))
-          or text.lower().endswith(".json")):  # a path, not a preset name or a repository id
-        shown = text if str(path) == os.path.normpath(text) else f"{text} ({path})"
-        raise InputError(f"{shown} does not exist; {what}")
-
-
-def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> None:
-    """from_pretrained's own options, refused in one sentence before any weights load (offload="bogus" used to
-    load the whole model first, and weights="bogus" was taken silently)."""
-    import numbers
-    import os
-
-    from .memory.modes import OFFLOAD_MODES, WEIGHT_FORMATS
-
-    if not isinstance(name_or_path, (str, os.PathLike, MagiConfig)):
-        raise InputError(f"pretrained_model_name_or_path must be a preset name, a folder, a config JSON or a hub "
-                         f"repository id (with variant=), got {type(name_or_path).__name__} {name_or_path!r}")
-    if offload not in (*OFFLOAD_MODES, "auto"):
-        raise InputError(f"offload must be one of {', '.join((*OFFLOAD_MODES, 'auto'))}, got {offload!r}")
-    if weights not in WEIGHT_FORMATS:
-        raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
-    if isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, numbers.Integral) \
-            or blocks_on_device < 1:
-        raise InputError(f"blocks_on_device must be a whole number >= 1, got {blocks_on_device!r}")
 
 
 def warn_if_unknown_prompt(prompt: str, text_encoder_folder) -> None:
