@@ -105,3 +105,9 @@ def test_preview_map_is_recovered_by_the_fit_and_cached_per_vae(tiny_pipeline, t
                          ((latents * float("nan"), 1), "latents holds 1536 NaN")):
         with pytest.raises(InputError, match=message):  # was a silent scale 1, a repeat_interleave or einsum error
             tiny_pipeline.latents_to_preview(*bad)
+
+
+def test_dir_of_the_package_lists_its_lazy_names():
+    import magi1
+
+    assert {"MagiPipeline", "MagiPipelineOutput", "export_to_video"} <= set(dir(magi1))  # was none: tab completion

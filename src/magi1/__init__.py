@@ -27,3 +27,8 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'magi1' has no attribute {name!r}")
+
+
+def __dir__():
+    """The lazy names too, so `dir(magi1)` and tab completion show MagiPipeline before its first use."""
+    return sorted(set(globals()) | set(__all__))
