@@ -48,6 +48,7 @@ def inputs(tmp_path_factory):
     write_video(folder / "clip.mp4", np.full((8, 64, 64, 3), 100, np.uint8), fps=24)
     _png_claiming(folder / "bomb.png", 12000, 10000)
     (folder / "folder.mp4").mkdir()
+    np.savez(folder / "other.npz", weights=np.zeros(3))
     return folder
 
 
@@ -93,6 +94,15 @@ REFUSED = [
     (["--fps", "12"], "--fps: it is a config field: --set runtime_config.fps=VALUE"),
     (["--promt", "a cat"], "--promt: did you mean --prompt?"),
     (["--image_path", "{in}/clip.mp4"], "is a video, not an image; continue it with v2v"),
+    # found by using the CLI: each was a misleading message, a traceback, or a flag dropped without a word
+    (["--config_file", "{in}"], "is a folder; give a config JSON file or a preset name"),  # was "not found"
+    (["--special_tokens", "{in}/still.png"], "is not an .npz file"),  # was numpy's pickle traceback, exit 1
+    (["--special_tokens", "{in}/other.npz"], "lacks the arrays caption_token, logo_token, other_tokens"),
+    (["--prompt", "a red ball", "--chunk_prompt", "0:a blue ball"], "both give the first chunk's caption"),
+    (["--steps", "1"], "--steps must be a multiple of 4 on this model"),  # was "num_steps (1) must be ..."
+    (["--set", "runtime_config.window_size=0"],  # was two lines
+     "invalid config: runtime_config.window_size must be positive"),
+    (["--prefix_video_path", "{in}/text.png"], "is not a readable video (nor an image)"),  # was "a still image"
 ]
 
 
@@ -184,6 +194,17 @@ def test_a_bare_command_lists_what_it_can_do(tmp_path, argv, listed):
     assert all(f"\n    {name} " in done.stderr for name in listed), done.stderr
 
 
+@pytest.mark.parametrize("argv, hint", [(["genrate", "--prompt", "x"], " (did you mean generate?)"),
+                                         (["-v", "contact_sheet"], " (did you mean contact-sheet?)"), (["foo"], "")])
+def test_a_mistyped_command_names_the_close_one(tmp_path, argv, hint):
+    done = _run(argv, tmp_path)  # was argparse's usage block and "invalid choice" with no suggestion
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    word = next(a for a in argv if not a.startswith("-"))
+    assert len(lines) == 1 and lines[0].startswith(f"magi1: error: unknown command {word!r}{hint}; the commands "
+                                                   f"are generate, serve, train"), done.stderr
+
+
 def test_a_mistyped_serve_flag_names_the_close_one(tmp_path):
     done = _run(["serve", "--prot", "8000"], tmp_path)
     assert done.returncode == 2, done.stderr
@@ -257,7 +278,7 @@ def test_python_api_mistakes_found_by_trying_them_are_one_input_error(tiny_pipel
     cases = [
         (dict(height=72), "height must be a positive multiple of 16"),
         (dict(num_frames=0), "num_frames must be at least 1"),
-        (dict(num_inference_steps=7), "num_steps (7) must be divisible"),
+        (dict(num_inference_steps=7), "steps must be a multiple of 2 on this model"),
         (dict(seed=1.5), "seed must be a whole number"),
         (dict(chunk_prompts="a blue square", num_frames=48), "not a string"),
         (dict(chunk_prompts=["a", "b", "c"], num_frames=24), "lists 3 prompts"),

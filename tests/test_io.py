@@ -157,6 +157,32 @@ def test_image_sources_pil_numpy_float_gray_rgba():
     assert load_image(bands[..., 1], 20, 30).shape == (20, 30, 3)
 
 
+@pytest.mark.parametrize("mode, grey, expected", [("I;16", 128 * 257, 128), ("I", 200 * 257, 200), ("F", 0.5, 128)])
+def test_deep_images_are_scaled_to_8_bits_not_clipped(tmp_path, mode, grey, expected):
+    # A 16-bit PNG was clipped at 255 by Pillow's convert("RGB"): every grey above 255/65535 came out white.
+    values = np.full((8, 8), grey, np.uint16 if mode == "I;16" else np.int32 if mode == "I" else np.float32)
+    path = tmp_path / ("deep.png" if mode == "I;16" else "deep.tiff")  # Pillow writes 32-bit grey as TIFF only
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == mode
+    assert np.array_equal(load_image(path, 8, 8), np.full((8, 8, 3), expected, np.uint8))
+
+
+def test_load_video_from_end_holds_only_the_last_frames(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "long.mp4"
+    write_video(path, indexed_clip(40), fps=24, crf=0)
+    whole = load_video(path, 128, 128, fps=24, max_frames=None)
+    tracemalloc.start()
+    last = load_video(path, 128, 128, fps=24, max_frames=4, from_end=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert frame_indices(last) == frame_indices(whole[-4:]) == [36, 37, 38, 39]
+    # --prefix_from end decoded the whole clip at the model's size to keep 32 frames (an hour-long clip filled
+    # the memory); now it holds the newest ones only
+    assert peak < whole.nbytes / 4, f"peak {peak} bytes for 4 of the {len(whole)} frames ({whole.nbytes} bytes)"
+
+
 def test_mp4_bytes_decode(tmp_path):
     data = frames_to_mp4_bytes(smooth_clip(5), fps=12)
     path = tmp_path / "bytes.mp4"

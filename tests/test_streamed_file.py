@@ -98,6 +98,18 @@ def test_file_fills_per_chunk_survives_kill_9_and_resumes_to_the_same_bytes(tiny
     _check_prefix(left, ref_frames)  # a playable file holding the finished chunks
     assert resume_state_path(out).is_file() and not partial_path_for(out).exists()
 
+    # --resume under other settings: refused before any weights load, naming the flags that changed (it was
+    # "the saved resume state belongs to a different run" after the model had loaded), and nothing is touched
+    left_bytes, state_bytes = out.read_bytes(), resume_state_path(out).read_bytes()
+    changed = [{"72": "96", "a ball": "a cube"}.get(a, a) for a in _args(tiny_model, out)] + ["--steps", "8"]
+    refused = subprocess.run([sys.executable, "-m", "magi1.cli", *changed, "--resume"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"magi1 generate: error: --resume: {out} was started with --prompt 'a ball' (now 'a cube'); --steps 4 "
+        f"(now 8); --num_frames 72 (now 96); resume with its settings, or run without --resume to start over"]
+    assert out.read_bytes() == left_bytes and resume_state_path(out).read_bytes() == state_bytes
+
     resumed = subprocess.Popen(command + ["--resume"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     seen = _watch(resumed, out)

@@ -99,6 +99,18 @@ def parse_chunk_prompts(items: list[str]) -> dict[int, str]:
     return schedule
 
 
+def run_prompts(args) -> tuple[str, dict[int, str]]:
+    """(--prompt, the per-chunk captions with chunk 0's filled in) of a generate run, as the run uses them."""
+    prompt = args.prompt or DEFAULT_PROMPT
+    chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
+    if args.prompt is not None and 0 in chunk_prompts:  # one of the two would be dropped without a word
+        raise UsageError(f"--prompt and --chunk_prompt '0:{chunk_prompts[0]}' both give the first chunk's caption; "
+                         f"give one of them")
+    if chunk_prompts:
+        chunk_prompts = {0: prompt, **chunk_prompts}
+    return prompt, chunk_prompts
+
+
 def validate_generate_args(args):
     """Everything that can be checked without loading a model (or importing torch); returns (mode, config).
 
@@ -107,7 +119,7 @@ def validate_generate_args(args):
     """
     from .config import ConfigError, load_config
     from .errors import InputError
-    from .preflight import check_run, check_weights_present
+    from .preflight import check_config_name, check_run, check_special_tokens_file, check_weights_present
     from .runtime import canonical_dtype_name, check_device_name
 
     mode = infer_mode(args)
@@ -142,13 +154,16 @@ def validate_generate_args(args):
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
+        check_config_name(args.config_file)
         config = load_config(args.config_file)
         if args.set:
             config = config.with_overrides(args.set)
     except ConfigError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(one_line(str(err))) from None
+    if args.special_tokens:
+        check_special_tokens_file(args.special_tokens)
     check_weights_present(config)
-    chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
+    prompt, chunk_prompts = run_prompts(args)
     try:
         checked = check_run(config, mode=mode, prompt=args.prompt or DEFAULT_PROMPT, chunk_prompts=chunk_prompts,
                             image=args.image_path, video=args.prefix_video_path, num_frames=args.num_frames,
@@ -158,6 +173,8 @@ def validate_generate_args(args):
     except InputError as err:
         raise UsageError(_flag_names(str(err))) from None
     args.checked_image, args.checked_video = checked.image, checked.video
+    if args.resume:
+        _check_resume_matches(args, mode, checked.config, prompt, chunk_prompts)
     _warn_of_a_large_resume_state(checked)
     from .resume import resume_state_path
 
@@ -172,6 +189,37 @@ def validate_generate_args(args):
 
     check_generate_enhance_args(args)
     return mode, checked.config
+
+
+def _check_resume_matches(args, mode, config, prompt, chunk_prompts) -> None:
+    """--resume under other settings than the partial video's: name each changed flag, before any weights load.
+
+    The partial mp4 records its run's settings (run_tags); the saved state's fingerprint still guards what the
+    tags do not hold (--set overrides, inputs' pixels), after the model loads.
+    """
+    from .prompting.cli import wants_enhancement
+    from .run_tags import changed_settings, read_run_settings, run_settings
+
+    try:
+        recorded = read_run_settings(args.output_path) if Path(args.output_path).is_file() else None
+    except Exception:  # noqa: BLE001 - an unreadable partial file is rewritten from the state anyway
+        recorded = None
+    if not recorded:
+        return
+    wanted = run_settings(config, config_name=args.config_file, mode=mode, prompt=prompt,
+                          chunk_prompts=chunk_prompts, loras=getattr(args, "lora", None))
+    # Enhanced captions are only known once the endpoint answers: the fingerprint compares them later.
+    skip = ("prompt", "chunk_prompts") if wants_enhancement(args) else ()
+    changes = changed_settings(recorded, wanted, skip=skip)
+    if changes:
+        raise UsageError(f"--resume: {args.output_path} was started with {'; '.join(changes)}; resume with its "
+                         f"settings, or run without --resume to start over")
+
+
+def one_line(message: str) -> str:
+    """ConfigError's "invalid config:\n  - a\n  - b" as one line: "invalid config: a; b"."""
+    head, *items = message.split("\n  - ")
+    return f"{head} {'; '.join(items)}" if items else message
 
 
 # Above this the resume state, rewritten after every chunk, costs seconds per chunk and as much disk.
@@ -238,14 +286,24 @@ def _show_prompt_warnings_plainly() -> None:
     warnings.showwarning = show
 
 
+# Into a log file or a pipe a bar's every redraw stays in the text, so it is redrawn at most this often there.
+LOG_PROGRESS_INTERVAL_S = 30.0
+
+
+def _progress_setting(quiet: bool):
+    """The denoising bar: off with --quiet, tqdm's live bar on a terminal, a sparse one into a file or pipe."""
+    if quiet:
+        return False
+    if sys.stderr.isatty():
+        return True
+    return {"mininterval": LOG_PROGRESS_INTERVAL_S}
+
+
 def _generate(args, mode, config, ctx, output_rank: bool) -> int:
     from .pipeline import MagiPipeline
     from .prompting.cli import enhanced_run_prompts, wants_enhancement
 
-    prompt = args.prompt or DEFAULT_PROMPT
-    chunk_prompts = parse_chunk_prompts(args.chunk_prompt)
-    if chunk_prompts:
-        chunk_prompts = {0: prompt, **chunk_prompts}
+    prompt, chunk_prompts = run_prompts(args)
     _show_prompt_warnings_plainly()
     metadata = None
     if wants_enhancement(args):  # before any weights load: a wrong endpoint fails in seconds
@@ -273,7 +331,7 @@ def _generate(args, mode, config, ctx, output_rank: bool) -> int:
         video=args.checked_video if mode == "v2v" else None,
         keep_aspect=args.keep_aspect,
         resume=args.resume,
-        progress=not args.quiet,
+        progress=_progress_setting(args.quiet),
         metadata=metadata,
     )
     if output_rank:
@@ -428,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     words = [i for i, word in enumerate(argv) if not word.startswith("-")]
+    if words:
+        from .cli_suggest import subcommand_names, unknown_command_message
+
+        commands = subcommand_names(parser)
+        if argv[words[0]] not in commands:  # one line with the closest command, not argparse's usage block
+            parser.exit(2, f"magi1: error: {unknown_command_message(argv[words[0]], commands)}\n")
     if words and argv[words[0]] in DELEGATED:  # argparse would take their -h as its own unknown flag
         head, name, rest = argv[:words[0]], argv[words[0]], argv[words[0] + 1:]
         args = parser.parse_args([*head, name])

@@ -19,6 +19,21 @@ def subcommand_parser(parser: argparse.ArgumentParser, command: str | None) -> a
     return None
 
 
+def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands of `parser`, in the order --help lists them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def unknown_command_message(word: str, commands: list[str]) -> str:
+    """"unknown command 'genrate' (did you mean generate?); commands: ..." for `magi1 genrate`."""
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown command {word!r}{hint}; the commands are {', '.join(commands)}; see `magi1 --help`"
+
+
 # The names other tools give the flags of `magi1 generate` (diffusers, the official configs, other video CLIs)
 # (abbreviations such as --image or --output need none: argparse takes any unique prefix of a flag)
 SYNONYMS = {"--num_inference_steps": "--steps", "--num_steps": "--steps", "--sample_steps": "--steps",

@@ -33,6 +33,10 @@ def argparse_suppress():
 def run_download(args) -> int:
     from .hub import HubVariant, download, write_config
 
+    from .errors import InputError
+
+    if args.dir is not None and Path(args.dir).expanduser().exists() and not Path(args.dir).expanduser().is_dir():
+        raise InputError(f"--dir {args.dir} is a file; give a folder to download into (it is created if missing)")
     spec = HubVariant(args.variant)
     root = download(args.variant, repo_id=args.repo_id, local_dir=args.dir, cache_dir=args.cache_dir,
                     revision=args.revision)

@@ -126,7 +126,8 @@ def locate(variant: str, *, repo_id: str = REPO_ID, local_dir: str | Path | None
     if local_dir is not None:
         root = Path(local_dir).expanduser()
         if not root.is_dir():
-            raise MissingWeightsError(f"{root} does not exist; {_run_hint(download_command(variant, local_dir))}")
+            state = "is a file, not a folder" if root.exists() else "does not exist"
+            raise MissingWeightsError(f"{root} {state}; {_run_hint(download_command(variant, local_dir))}")
     else:
         root = _cached_snapshot(repo_id, spec.allow_patterns, cache_dir, revision,
                                 f"the weights of {variant} are not in the Hugging Face cache "

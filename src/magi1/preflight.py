@@ -13,6 +13,7 @@ counts (the VAE tiling rule). `warn_of_frame_rounding` says when whole chunks ch
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import warnings
@@ -155,6 +156,16 @@ def call_config(config, *, num_frames=None, height=None, width=None, num_inferen
             raise InputError(f"{name} must be a positive multiple of 16 (8x VAE, 2x2 patches), got {values[name]}")
     if seed is not None and not 0 <= seed < 2**63:
         raise InputError(f"seed must be between 0 and {2**63 - 1}, got {seed}")
+    runtime = config.runtime_config
+    # The config's two rules on num_steps (its window, its noise-to-clean stages) in the caller's words: it
+    # named the steps, not num_steps, window_size or noise2clean_kvrange.
+    stages = [n for n in (int(runtime.window_size), len(runtime.noise2clean_kvrange or ())) if n > 0]
+    multiple = math.lcm(*stages) if stages else 1
+    if num_inference_steps is not None and num_inference_steps % multiple:
+        nearest = max(multiple, round(num_inference_steps / multiple) * multiple)
+        raise InputError(f"steps must be a multiple of {multiple} on this model (the steps are shared out evenly "
+                         f"over its {runtime.window_size}-chunk denoising window), got {num_inference_steps}; "
+                         f"try {nearest}")
     overrides = {key: value for key, value in (("video_size_h", height), ("video_size_w", width),
                                                ("num_frames", num_frames), ("num_steps", num_inference_steps),
                                                ("seed", seed)) if value is not None}
@@ -215,7 +226,7 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
     import numpy as np
     from PIL import Image
 
-    from .io.image import load_image
+    from .io.image import as_rgb_image, load_image
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -228,7 +239,7 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
                 with Image.open(path) as probe:
                     if probe.width * probe.height > max_pixels:
                         raise InputError(too_big.replace("has more", f"is {probe.width}x{probe.height}, more"))
-                    source = probe.convert("RGB")  # decodes now, so a truncated file fails here
+                    source = as_rgb_image(probe)  # decodes now, so a truncated file fails here
         except InputError:
             raise
         except Image.DecompressionBombError:
@@ -249,6 +260,17 @@ def load_checked_image(source: Any, height: int, width: int, keep_aspect: bool =
         return load_image(source, height, width, keep_aspect=keep_aspect)
     except (ValueError, OSError) as err:
         raise InputError(f"the image cannot be used: {err}") from None
+
+
+def _is_readable_image(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not an image"
+        return False
 
 
 # Containers that mean "a video file" (ffmpeg also opens plain text, as ANSI art in its "tty" format).
@@ -293,6 +315,8 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
             info = probe_video(path)
         except (ValueError, OSError) as err:
             raise InputError(f"{path} is not a readable video ({err})") from None
+        if still and not _is_readable_image(path):  # FFmpeg goes by the name: notes.png is "a picture" to it
+            raise InputError(f"{path} is not a readable video (nor an image)")
         if still:
             raise InputError(f"{path} is a still image, not a video; give it as the i2v image (--image_path) "
                              f"or give a video to continue")
@@ -302,9 +326,8 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
             raise InputError(f"{path} has {info.width}x{info.height} frames, more than the {max_pixels} pixels "
                              f"an input frame may have")
         try:
-            if prefix_from == "end":  # the whole clip at the model's size, then its last frames
-                return load_video(path, height, width, fps, max_frames=None, keep_aspect=keep_aspect)[-PREFIX_FRAMES:]
-            return load_video(path, height, width, fps, max_frames=PREFIX_FRAMES, keep_aspect=keep_aspect)
+            return load_video(path, height, width, fps, max_frames=PREFIX_FRAMES, keep_aspect=keep_aspect,
+                              from_end=prefix_from == "end")
         except (ValueError, OSError) as err:
             raise InputError(f"{path} cannot be read as a video: {err}") from None
     if not isinstance(source, np.ndarray):
@@ -318,6 +341,37 @@ def load_checked_video(source: Any, height: int, width: int, fps: int, keep_aspe
                          f"{max_pixels} an input frame may have")
     kept = source[-PREFIX_FRAMES:] if prefix_from == "end" else source[:PREFIX_FRAMES]
     return resize_frames(kept, height, width, keep_aspect=keep_aspect)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def check_config_name(name: str | os.PathLike) -> None:
+    """A --config_file that is a folder: say which JSON to give (the config loader would say "not found")."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        inside = path / "config.json"
+        hint = f"give its config JSON, {inside}" if inside.is_file() else "give a config JSON file or a preset name"
+        raise InputError(f"--config_file {path} is a folder; {hint}")
+
+
+# The arrays of the official special_tokens.npz that magi1 reads (sampling.special_tokens).
+SPECIAL_TOKEN_ARRAYS = ("caption_token", "logo_token", "other_tokens")
+
+
+def check_special_tokens_file(path: str | os.PathLike) -> None:
+    """--special_tokens names an .npz with the official arrays (read from its zip index: no array is loaded)."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name.removesuffix(".npy") for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(f"--special_tokens {path} is not an .npz file ({err}); give the official "
+                         f"special_tokens.npz") from None
+    missing = [name for name in SPECIAL_TOKEN_ARRAYS if name not in names]
+    if missing:
+        raise InputError(f"--special_tokens {path} lacks the array{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                         f"of the official special_tokens.npz")
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -68,3 +68,28 @@ def read_run_settings(path: str | Path) -> dict | None:
         return json.loads(comment)[RUN_TAG] if comment else None
     except (json.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+# The flag of `magi1 generate` that sets each recorded setting (for saying what a resumed run changed).
+SETTING_FLAGS = {"config": "--config_file", "mode": "--mode", "prompt": "--prompt", "chunk_prompts": "--chunk_prompt",
+                 "seed": "--seed", "steps": "--steps", "num_frames": "--num_frames", "width": "--width",
+                 "height": "--height", "fps": "--set runtime_config.fps", "lora": "--lora"}
+
+
+def changed_settings(recorded: Mapping, wanted: Mapping, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """'--steps 16 (now 8)' for each setting a run records that differs between the two (magi1's version aside)."""
+    changes = []
+    for key, flag in SETTING_FLAGS.items():
+        if key in skip or recorded.get(key) == wanted.get(key):
+            continue
+        was, now = recorded.get(key), wanted.get(key)
+        changes.append(f"{flag} {_shown(was)} (now {_shown(now)})")
+    return changes
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "not given"
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)

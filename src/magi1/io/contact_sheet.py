@@ -30,16 +30,48 @@ def contact_sheet(frames, every: int = 6, columns: int = 16, gap: int = 0) -> np
     return np.concatenate(rows, axis=0)
 
 
+# The largest sheet written: Pillow's decompression-bomb threshold, so every viewer built on it opens the sheet.
+MAX_SHEET_PIXELS = 89_478_485
+
+
+def sheet_size(frames: int, height: int, width: int, *, every: int, columns: int, gap: int,
+               scale: int) -> tuple[int, int]:
+    """(height, width) in pixels of the sheet `contact_sheet` makes of `frames` frames, `scale`d."""
+    picked = -(-frames // every)
+    columns = max(1, min(columns, picked))
+    rows = -(-picked // columns)
+    return rows * (height + gap) * scale, columns * (width + gap) * scale
+
+
 def video_contact_sheet(video_path: str | Path, png_path: str | Path, *, every: int = 6, columns: int = 8,
                         gap: int = 2, scale: int = 1) -> Path:
-    """Read a video file (all its frames, at its own size and rate) and save its contact sheet as a PNG."""
+    """Read a video file (at its own size and rate) and save its contact sheet as a PNG.
+
+    Frames are decoded one at a time and only the kept ones are held, and a sheet larger than
+    MAX_SHEET_PIXELS is refused before any decoding (an hour of video, or a --scale of 1000, would otherwise
+    fill the memory).
+    """
     from PIL import Image
 
-    from .video import load_video, probe_video
+    from .video import iter_video_frames, probe_video
 
     info = probe_video(video_path)
-    frames = load_video(video_path, info.height, info.width, info.fps, max_frames=None)
-    sheet = Image.fromarray(contact_sheet(frames, every=every, columns=columns, gap=gap))
+    if info.width < 1 or info.height < 1 or info.num_frames < 1:
+        raise ValueError(f"cannot read {video_path} as a video: it has no decodable frames")
+    height, width = sheet_size(info.num_frames, info.height, info.width, every=every, columns=columns, gap=gap,
+                               scale=scale)
+    if height * width > MAX_SHEET_PIXELS:
+        raise ValueError(f"the sheet of {video_path} ({info.num_frames} frames of {info.width}x{info.height}, one in "
+                         f"{every}, scale {scale}) would be {width}x{height} pixels, more than the "
+                         f"{MAX_SHEET_PIXELS} a sheet may have; raise --every or lower --scale")
+    frames = iter_video_frames(video_path, info.height, info.width, info.fps)
+    try:
+        kept = [frame for index, frame in enumerate(frames) if index % every == 0]
+    finally:
+        frames.close()
+    if not kept:
+        raise ValueError(f"cannot read {video_path} as a video: no frames could be decoded")
+    sheet = Image.fromarray(contact_sheet(np.stack(kept), every=1, columns=columns, gap=gap))
     if scale > 1:
         sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,22 @@ def _as_rgb_array(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+def as_rgb_image(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any Pillow mode, deep images scaled down rather than clipped.
+
+    Pillow's own convert("RGB") clips 16-bit and 32-bit grey ("I;16", "I") at 255, which turns a 16-bit PNG
+    into a white page; ffmpeg (what the official code reads images with) keeps the top 8 bits instead.
+    A float image ("F") is taken to be in [0, 1], as ffmpeg's float formats are.
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+        image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
+    elif image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * 255.0
+        image = Image.fromarray(grey.round().astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_image(source: ImageSource, height: int, width: int, *, keep_aspect: bool = False) -> np.ndarray:
     """An image as uint8 (height, width, 3) RGB.
 
@@ -77,7 +93,7 @@ def load_image(source: ImageSource, height: int, width: int, *, keep_aspect: boo
     keep_aspect=True: scale to cover the target, then crop the centre (official "crop" policy).
     """
     _check_size(height, width)
-    image = _open(source).convert("RGB")
+    image = as_rgb_image(_open(source))
     if keep_aspect:
         cover_h, cover_w = cover_size(image.height, image.width, height, width)
         resized = np.asarray(image.resize((cover_w, cover_h), RESAMPLE))

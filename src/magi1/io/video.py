@@ -13,6 +13,7 @@ the target only when the writer closes cleanly.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -153,6 +154,25 @@ def _frame_to_rgb(frame: av.VideoFrame, height: int, width: int, keep_aspect: bo
     return np.ascontiguousarray(center_crop(rgb, height, width)) if keep_aspect else rgb
 
 
+def iter_video_frames(path: str | Path, height: int, width: int, fps: float, *,
+                      keep_aspect: bool = False) -> Iterator[np.ndarray]:
+    """Every frame at `fps`, as uint8 (height, width, 3) RGB, one at a time (a long clip never sits in memory).
+
+    A repeated frame (the fps filter filling a gap) is the same array object as the one before it.
+    """
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"target size must be positive, got height={height}, width={width}")
+    last_frame, last_rgb = None, None
+    timed = _timed_frames(path)
+    try:
+        for frame in resample_frames(timed, fps):
+            if frame is not last_frame:  # repeated frames are converted once
+                last_frame, last_rgb = frame, _frame_to_rgb(frame, height, width, keep_aspect)
+            yield last_rgb
+    finally:
+        timed.close()  # closes the file even when the caller stops early
+
+
 def load_video(
     path: str | Path,
     height: int,
@@ -161,32 +181,30 @@ def load_video(
     max_frames: int | None = 32,
     *,
     keep_aspect: bool = False,
+    from_end: bool = False,
 ) -> np.ndarray:
-    """The first `max_frames` frames at `fps`, as uint8 (T, height, width, 3) RGB.
+    """The first `max_frames` frames at `fps` (from_end: the last ones), as uint8 (T, height, width, 3) RGB.
 
     keep_aspect=False stretches to width x height (official); True scales to cover, then crops
     the centre. max_frames=None keeps the whole clip (official prefix_frame is 32).
-    Decoding stops as soon as `max_frames` frames are collected.
+    Decoding stops as soon as `max_frames` frames are collected; from_end decodes the whole clip but holds
+    only the newest `max_frames` of it, so an hour-long clip costs no more memory than a short one.
     """
-    if int(height) < 1 or int(width) < 1:
-        raise ValueError(f"target size must be positive, got height={height}, width={width}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1 or None, got {max_frames}")
-    frames: list[np.ndarray] = []
-    last_frame, last_rgb = None, None
-    timed = _timed_frames(path)
+    from collections import deque
+
+    frames = iter_video_frames(path, height, width, fps, keep_aspect=keep_aspect)
     try:
-        for frame in resample_frames(timed, fps):
-            if frame is not last_frame:  # repeated frames are converted once
-                last_frame, last_rgb = frame, _frame_to_rgb(frame, height, width, keep_aspect)
-            frames.append(last_rgb)
-            if max_frames is not None and len(frames) >= max_frames:
-                break
+        if from_end:
+            kept = list(deque(frames, maxlen=max_frames))
+        else:
+            kept = list(itertools.islice(frames, max_frames))
     finally:
-        timed.close()  # closes the file even when we stop early
-    if not frames:
+        frames.close()
+    if not kept:
         raise ValueError(f"cannot read {path} as a video: no frames could be decoded")
-    return np.stack(frames)
+    return np.stack(kept)
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int, *, keep_aspect: bool = False) -> np.ndarray:

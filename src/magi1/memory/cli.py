@@ -89,10 +89,12 @@ def plan_table(plans: list, free_device: int | None, free_host: int | None, *, m
 
 def run_plan(args) -> int:
     from ..config import ConfigError, load_config
+    from ..preflight import check_config_name
     from ..runtime import parse_dtype, pick_device
     from .planner import MemoryPlanError, RunShape, choose_plan, format_bytes, parse_memory, plan_every_mode
 
     try:
+        check_config_name(args.config_file)
         config = load_config(args.config_file)
         dtype = parse_dtype(args.dtype)
         free_device = parse_memory(args.memory) if args.memory else free_device_memory(pick_device("auto"))
