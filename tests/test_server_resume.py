@@ -119,3 +119,43 @@ def test_sigterm_then_restart_resumes_to_the_same_video_and_cancel_keeps_chunks(
               f"{watch.looks} progress looks, none past its total")
         code, seconds = second.stop(signal.SIGINT)
         assert seconds < 10 and "terminate called" not in second.log
+
+
+def test_a_live_video_the_server_died_streaming_fails_instead_of_running_for_nobody(tiny_model, tmp_path):
+    """SIGKILL mid-stream: on restart the live job's viewer is gone, as when a viewer disconnects, so it is not
+    made again for nobody (it used to run to completion, without the prompt changes it had been sent); it
+    fails saying why, keeps the chunks it finished, and the queue is free for the next job."""
+    import asyncio
+
+    websockets = pytest.importorskip("websockets")
+    args = model_args(tiny_model, tmp_path)
+    env = {"MAGI1_CACHE": str(tmp_path / "cache")}
+
+    async def watch_one_chunk(url: str, frames: int) -> str:
+        async with websockets.connect(url.replace("http://", "ws://") + "/v1/realtime/video") as ws:
+            await ws.send(json.dumps({"type": "session.start", "prompt": "a red ball", "frames": frames,
+                                      "size": "32x32", "seed": 3}))
+            while True:
+                message = await asyncio.wait_for(ws.recv(), WAIT_S)
+                if isinstance(message, bytes):
+                    return video_id
+                event = json.loads(message)
+                assert event["type"] != "error", event
+                if event["type"] == "video.start":
+                    video_id = event["video_id"]
+
+    with ServeProcess(args, env=env) as first, httpx.Client(base_url=first.url, timeout=60) as client:
+        defaults = wait_model(client)
+        video_id = asyncio.run(watch_one_chunk(first.url, CHUNKS * defaults["frames_per_chunk"]))
+        first.stop(signal.SIGKILL)
+    job_id = video_id.removeprefix("video_")
+    with ServeProcess(args, env=env) as second, httpx.Client(base_url=second.url, timeout=60) as client:
+        wait_model(client)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "failed" and "viewer is gone" in job["error"], job
+        assert 1 <= job["chunks_ready"] < CHUNKS and client.get(job["urls"]["chunks"][0]).status_code == 200, job
+        video = client.get(f"/v1/videos/{video_id}").json()
+        assert video["status"] == "failed" and "viewer is gone" in video["error"]["message"], video
+        assert client.get("/health").json()["queued"] == 0
+        assert client.get(f"/v1/videos/{video_id}/content").status_code == 400
+        second.stop(signal.SIGTERM)

@@ -385,6 +385,8 @@ class JobStore:
                 job.client = client_key(SHARED_CLIENT)
             if job.state.finished:
                 job.resume_path.unlink(missing_ok=True)
+            elif (job.request.video_api or {}).get("live"):
+                self._abandon_live(job)
             else:
                 self._prepare_rerun(job)
             found.append(job)
@@ -397,6 +399,22 @@ class JobStore:
         if found:
             logger.info("took back %d job(s) from the results folder, %d to run", len(found),
                         sum(j.state is JobState.QUEUED for j in found))
+
+    def _abandon_live(self, job: Job) -> None:
+        """A live video the previous server died streaming: its viewer is gone, as when a viewer disconnects,
+        so it is not made again for nobody (with the prompt changes it had lost, besides). It fails, saying why;
+        the chunks it finished stay under /v1/jobs/{id}/chunks."""
+        from magi1.io.video import partial_path_for
+
+        for stale in (job.video_path, partial_path_for(job.video_path), job.resume_path):
+            stale.unlink(missing_ok=True)
+        present = 0
+        while present < job.chunks_ready and job.chunk_path(present).is_file():
+            present += 1
+        job.chunks_ready, job.has_video, job.resumable_chunks = present, False, 0
+        job.disk_bytes = folder_bytes(job.folder)
+        self._finish(job, JobState.FAILED, "the server stopped while this live video was streamed, and its viewer "
+                                           "is gone; its finished chunks are kept")
 
     def _prepare_rerun(self, job: Job) -> None:
         """Queue an unfinished job again, keeping the chunks its resume state covers."""
