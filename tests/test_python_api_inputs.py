@@ -274,6 +274,11 @@ def test_images_and_videos_in_every_documented_form_give_the_same_continuation(d
         assert torch.equal(v2v(video), reference)
     with pytest.raises(InputError, match="float frames must be in"):
         v2v(clip.astype(np.float32))
+    long_clip = rng.integers(0, 256, (PREFIX_FRAMES + 8, 64, 64, 3), dtype=np.uint8)
+    frames = [Image.fromarray(frame) for frame in long_clip]
+    for end in ("start", "end"):  # a list is cut like an array: the first or the last PREFIX_FRAMES
+        assert torch.equal(_latents(distilled, video=frames, prefix_from=end, seed=1, num_inference_steps=4),
+                           _latents(distilled, video=long_clip, prefix_from=end, seed=1, num_inference_steps=4))
     with pytest.raises(InputError, match="must all be one size, got 2 sizes"):  # was numpy's np.stack ValueError
         v2v([Image.fromarray(clip[0]), Image.fromarray(clip[1]).resize((32, 32))])
 

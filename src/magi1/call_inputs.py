@@ -79,17 +79,19 @@ def image_input(image):
     return image
 
 
-def video_input(video):
+def video_input(video, prefix_from: str = "start"):
     """The v2v video as a path or a uint8 (T, H, W, 3) array.
 
     Also taken, as diffusers passes videos: a list of PIL images or of (H, W, 3) arrays, a torch tensor
-    (T, 3, H, W) or (T, H, W, 3), and float frames in [0, 1].
+    (T, 3, H, W) or (T, H, W, 3), and float frames in [0, 1]. Only the frames v2v reads (the first or last
+    PREFIX_FRAMES, as preflight cuts arrays) are converted: a long clip of large frames is not copied whole.
     """
+    from .preflight import PREFIX_FRAMES
     from .utils import video_to_uint8
 
     if isinstance(video, (list, tuple, torch.Tensor)) or (isinstance(video, np.ndarray)
                                                           and np.issubdtype(video.dtype, np.floating)):
-        return video_to_uint8(video)
+        return video_to_uint8(video[-PREFIX_FRAMES:] if prefix_from == "end" else video[:PREFIX_FRAMES])
     return video
 
 

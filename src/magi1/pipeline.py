@@ -377,7 +377,7 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             tensor_input(value, name) for value, name in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
                                                           (prompt_attention_mask, "prompt_attention_mask"),
                                                           (prefix_latents, "prefix_latents")))
-        image, video = image_input(image), video_input(video)  # torch tensors, lists of PIL images, floats
+        image, video = image_input(image), video_input(video, prefix_from)  # tensors, lists of PIL images, floats
         if output_type != "latent" and self.vae is None:
             check_weights_present(self.config, text_encoder=False)  # raises, naming the missing VAE folder
         batch = len(prompts)
