@@ -17,21 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arg_types import positive_float, positive_int
+from ..errors import InputError
 from .benchmark import read_video, score_generated_folder, write_lossless_video
 
 logger = logging.getLogger(__name__)
 
 PREFIX_FRAMES = 32  # the official v2v takes the first 32 frames of the prefix video
+EVALUATIONS = ("physics", "quality", "prompts")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="magi1 eval physics", description=__doc__.splitlines()[0])
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
-    p.add_argument("--scenarios", type=int, default=12, help="held-out synthetic scenarios")
+    p.add_argument("--scenarios", type=positive_int, default=12, help="held-out synthetic scenarios")
     p.add_argument("--all_perspectives", action="store_true", help="score left/center/right (default: center)")
-    p.add_argument("--seconds", type=float, default=2.0, help="seconds of continuation that are scored")
+    p.add_argument("--seconds", type=positive_float, default=2.0, help="seconds of continuation that are scored")
     p.add_argument("--modes", nargs="+", default=["v2v", "i2v"], choices=["v2v", "i2v"])
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the config's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps per chunk (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="keep the benchmark and generated videos here")
@@ -57,14 +61,31 @@ def main_eval(argv: list[str]) -> int:
 
         return main_prompts(argv[1:])
     if argv[0] != "physics":
-        print(f"magi1 eval: unknown evaluation {argv[0]!r}; available: physics, quality, prompts")
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], EVALUATIONS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"magi1 eval: error: unknown evaluation {argv[0]!r}{hint}; available: {', '.join(EVALUATIONS)}",
+              file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv[1:])
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv[1:])
+    if unknown:  # one line naming the closest flags, as `magi1 generate` does, not the whole usage
+        from ..cli_suggest import unknown_flags_message
+
+        parser.exit(2, f"{parser.prog}: error: {unknown_flags_message(parser, unknown)}\n")
     if args.benchmark_root:
         if not args.generated:
-            print("magi1 eval physics: --benchmark_root needs --generated")
+            print("magi1 eval physics: error: --benchmark_root needs --generated (the folder of videos to score)",
+                  file=sys.stderr)
             return 2
-        result = score_generated_folder(args.benchmark_root, args.generated, seconds=args.seconds)
+        for flag, folder in (("--benchmark_root", args.benchmark_root), ("--generated", args.generated)):
+            if not Path(folder).is_dir():
+                raise InputError(f"{flag} {folder} is not a folder")
+        try:
+            result = score_generated_folder(args.benchmark_root, args.generated, seconds=args.seconds)
+        except FileNotFoundError as err:  # a folder without the benchmark's videos: its one sentence
+            raise InputError(str(err)) from None
         print(results_table({"generated": result}))
         return 0
     with tempfile.TemporaryDirectory() as scratch:
