@@ -196,3 +196,29 @@ def test_a_video_made_with_the_defaults_reports_the_seed_and_steps_it_was_made_w
                                                       "num_inference_steps": extras["num_inference_steps"]})
     np.testing.assert_array_equal(decode_mp4(client.videos.download_content(again.id).read()),
                                   decode_mp4((tmp_path / "made.mp4").read_bytes()))
+
+
+def test_deleting_every_video_while_paging_through_the_list_deletes_them_all(tmp_path):
+    """The usual way to clear a server: each page's last video is deleted before the client asks for the page
+    after it (that cursor was a 404, and the loop stopped after the first page). On the fake model, for speed."""
+    from serve_process import ServeProcess
+
+    keys = {"MAGI1_API_KEYS": "sk-pager-alice-0001,sk-pager-bobby-0002"}
+    with ServeProcess(["--pipeline", "serve_fake:load_pipeline", "--config_file", "demo", "--results_dir",
+                       str(tmp_path / "results")], env=keys) as server:
+        alice, bob = (openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+                      for key in keys["MAGI1_API_KEYS"].split(","))
+        made = [alice.videos.create_and_poll(prompt=f"a ball {i}", seconds="1", size="32x32", poll_interval_ms=20)
+                for i in range(5)]
+        assert all(v.status == "completed" for v in made)
+        deleted = []
+        for video in alice.videos.list(limit=2):  # auto-paging: after=<the previous page's last id>
+            alice.videos.delete(video.id)
+            deleted.append(video.id)
+        assert sorted(deleted) == sorted(v.id for v in made)
+        assert alice.videos.list().data == []
+        # a deleted video's id still pages for its own client only: to another it is as unknown as ever
+        with pytest.raises(openai.NotFoundError) as unknown:
+            bob.videos.list(after=deleted[1])
+        assert unknown.value.param == "after"
+        assert alice.videos.list(after=deleted[1]).data == []

@@ -28,6 +28,7 @@ from .clients import SHARED_CLIENT, client_key
 from .cost import JobCost
 from .job_record import JOB_FILE, JOB_ID_PATTERN, STAGING_PREFIX, Job, JobState
 from .job_request import JobRequest
+from .list_cursors import GoneCursors
 from .previews import JobPreviews
 from .results_folder import folder_bytes, free_disk_bytes, hold_results_folder
 from .settings import GiB, ServerSettings
@@ -88,6 +89,7 @@ class JobStore:
         self._worker: threading.Thread | None = None
         self._running: Job | None = None
         self._folder_lock = None
+        self._gone = GoneCursors()  # removed jobs' places in the list, for page cursors that name them
 
     @property
     def config(self):
@@ -230,19 +232,20 @@ class JobStore:
              order: str = "desc") -> tuple[list[Job], bool]:
         """One page of `list`, as OpenAI list endpoints page: the `limit` jobs after the one with id `after`.
 
-        Raises KeyError when `after` names no job this client can see.
+        `after` may name a job since deleted or expired (its place is remembered: list_cursors.py). Raises
+        KeyError when it names no job this client has seen.
         """
         jobs = self.list(client)
         if order == "asc":
             jobs.reverse()
-        start = 0
         if after:
-            ids = [j.id for j in jobs]
-            if after not in ids:
+            cursor = next(((j.created_at, j.id) for j in jobs if j.id == after), None) or \
+                self._gone.sort_key(after, None if client is None else client_key(client))
+            if cursor is None:
                 raise KeyError(after)
-            start = ids.index(after) + 1
-        chosen = jobs[start:start + limit]
-        return chosen, start + limit < len(jobs)
+            jobs = [j for j in jobs if ((j.created_at, j.id) > cursor if order == "asc" else
+                                        (j.created_at, j.id) < cursor)]
+        return jobs[:limit], len(jobs) > limit
 
     def snapshot(self, job: Job) -> dict:
         """A consistent copy of a job's fields, for the API (the worker may be updating them)."""
@@ -293,6 +296,7 @@ class JobStore:
             if job.delete_requested or self._jobs.get(job.id) is not job:
                 return False
             self._jobs.pop(job.id, None)
+            self._gone.remember(job.id, job.client, job.created_at)
             job.delete_requested = True
             job.cancel_requested.set()
             if job in self._queue:
@@ -457,6 +461,7 @@ class JobStore:
                     total_bytes -= job.disk_bytes
             for job in expired:
                 self._jobs.pop(job.id, None)
+                self._gone.remember(job.id, job.client, job.created_at)
                 job.delete_requested = True
         for job in expired:
             shutil.rmtree(job.folder, ignore_errors=True)
