@@ -292,3 +292,21 @@ def test_python_api_mistakes_found_by_trying_them_are_one_input_error(tiny_pipel
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             tiny_pipeline.to(torch.device("cuda"))
+
+
+# `magi1 generate` with the model load replaced by a failure: a refusal printed under it came before any load.
+NO_MODEL_LOAD = ("import sys\nimport magi1.pipeline as p\n"
+                 "p.MagiPipeline.from_pretrained = classmethod(lambda *a, **k: sys.exit('the model was loaded'))\n"
+                 "from magi1.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def test_a_cut_off_resume_state_is_refused_before_the_model_loads(inputs, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes((inputs / "clip.mp4").read_bytes())  # the partial video of a killed run
+    state = tmp_path / ".out.mp4.resume.safetensors"
+    state.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"latent\"")  # a disk that filled up mid-write
+    done = _run(["generate", "--output_path", str(out), "--resume", "--quiet"], tmp_path, code=NO_MODEL_LOAD)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"magi1 generate: error: the saved resume state {state} cannot be read"), lines[0]
+    assert lines[0].endswith("delete it and run without --resume to start over")

@@ -47,13 +47,16 @@ def add_generate_parser(subparsers) -> None:
     # Overrides.
     p.add_argument("--chunk_prompt", action="append", default=[], metavar="CHUNK:PROMPT",
                    help="switch the caption from generated chunk CHUNK on (repeatable), e.g. --chunk_prompt '2:a blue ball falls'")
-    p.add_argument("--num_frames", type=int, default=None)
+    p.add_argument("--num_frames", type=int, default=None,
+                   help="frames to make (default: the config's); the video is whole chunks of 24 frames, so "
+                        "another count is rounded, with a warning")
     p.add_argument("--height", type=int, default=None, help="multiple of 16")
     p.add_argument("--width", type=int, default=None, help="multiple of 16")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (multiple of the window size)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="noise seed (default: the config's); the same seed gives the same video on any device")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--special_tokens", default=None,
                    help="official special_tokens.npz (enables the HQ and duration tokens as the official run scripts do)")
@@ -198,8 +201,10 @@ def _check_resume_matches(args, mode, config, prompt, chunk_prompts) -> None:
     tags do not hold (--set overrides, inputs' pixels), after the model loads.
     """
     from .prompting.cli import wants_enhancement
+    from .resume import check_resume_state_readable, resume_state_path
     from .run_tags import changed_settings, read_run_settings, run_settings
 
+    check_resume_state_readable(resume_state_path(args.output_path))  # a cut-off state: now, not after loading
     try:
         recorded = read_run_settings(args.output_path) if Path(args.output_path).is_file() else None
     except Exception:  # noqa: BLE001 - an unreadable partial file is rewritten from the state anyway

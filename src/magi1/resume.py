@@ -51,6 +51,24 @@ class ResumeState:
                              f"{str(err)[:120]}); delete it and run without --resume to start over") from None
 
 
+def check_resume_state_readable(path: str | Path) -> None:
+    """Read a saved state's header only (no tensor, no torch): a state cut short by a full disk fails here, in
+    ResumeState.load's words, before a model is loaded to continue it."""
+    from safetensors import SafetensorError, safe_open
+
+    from .errors import InputError
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            int(meta["next_step"]), int(meta["finished_chunks"]), meta["fingerprint"]  # noqa: B018 - present?
+            if "latent" not in f.keys():
+                raise KeyError("latent")
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise InputError(f"the saved resume state {path} cannot be read ({type(err).__name__}: "
+                         f"{str(err)[:120]}); delete it and run without --resume to start over") from None
+
+
 def run_fingerprint(config, *tensors, extra: str = "") -> str:
     """A hash of the config, the run's input tensors (conditioning, noise, prefix) and `extra` (e.g. LoRAs)."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode() + extra.encode())
