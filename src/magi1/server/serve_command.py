@@ -132,6 +132,8 @@ def main_serve(args) -> int:
     from magi1.runtime import set_threads
 
     set_threads(getattr(args, "threads", None))  # before the model loads and the worker starts
+    config = load_config(args.config_file)  # a wrong preset or file is told before any folder is made
+    enhance_settings = enhance_settings_from(args)
     temporary_dir = None
     if getattr(args, "results_dir", None):
         results_dir = Path(args.results_dir).expanduser().absolute()
@@ -140,14 +142,19 @@ def main_serve(args) -> int:
     else:
         temporary_dir = results_dir = Path(tempfile.mkdtemp(prefix="magi1-serve-"))
         folder_lock = hold_results_folder(results_dir)
-        logger.info("results go to %s and are removed when the server stops (--results_dir keeps them)", results_dir)
-    config = load_config(args.config_file)
-    enhance_settings = enhance_settings_from(args)
     host = args.host
     loopback = is_loopback(host)
-    settings = settings_from_args(args, results_dir, loopback)
-    factory = pipeline_factory_from(args, config)
-    sock = bind_socket(host, args.port)
+    try:
+        settings = settings_from_args(args, results_dir, loopback)
+        factory = pipeline_factory_from(args, config)
+        sock = bind_socket(host, args.port)
+    except BaseException:  # refused before serving (a busy port, say): no temporary folder is left behind
+        folder_lock.release()
+        if temporary_dir is not None:
+            shutil.rmtree(temporary_dir, ignore_errors=True)
+        raise
+    if temporary_dir is not None:
+        logger.info("results go to %s and are removed when the server stops (--results_dir keeps them)", results_dir)
     import uvicorn
 
     from .app import create_app
