@@ -140,6 +140,11 @@ def validate_generate_args(args):
                        ("--special_tokens", args.special_tokens)):
         if path and not Path(path).is_file():
             raise UsageError(f"{flag}: no such file: {path}")
+    if args.prefix_video_path and Path(args.output_path).exists() and \
+            os.path.samefile(args.prefix_video_path, args.output_path):
+        # The first chunk replaces the output file: the clip being continued would be gone.
+        raise UsageError(f"--output_path {args.output_path} is the --prefix_video_path being continued, which the "
+                         f"new video would overwrite; give another output path")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.threads is not None and args.threads > _usable_cpus():
