@@ -130,6 +130,31 @@ def test_stop_ends_the_session_within_one_chunk_and_keeps_the_video(magi1_server
     np.testing.assert_array_equal(frames, decode_mp4(b"".join(log["fragments"])))
 
 
+def test_a_prompt_change_after_session_stop_is_refused_not_accepted(magi1_server):
+    """Once stopped, no chunk will take a new prompt: the change is an error (it was accepted, then "applied"
+    to a chunk that was never made)."""
+    async def stop_then_change() -> list[dict]:
+        events = []
+        async with websockets.connect(ws_url(magi1_server), additional_headers=AUTH) as ws:
+            await ws.send(json.dumps({"type": "session.start", "prompt": "a red ball", "seconds": 4,
+                                      "num_inference_steps": STEPS}))
+            await ws.send(json.dumps({"type": "session.stop"}))
+            await ws.send(json.dumps({"type": "session.interaction", "prompt": "a blue ball"}))
+            async with asyncio.timeout(120):
+                async for message in ws:
+                    if isinstance(message, str):
+                        events.append(json.loads(message))
+                        if events[-1]["type"] == "session.done":
+                            return events
+
+    events = asyncio.run(stop_then_change())
+    kinds = [e["type"] for e in events]
+    assert "session.interaction.accepted" not in kinds and "session.interaction.applied" not in kinds, kinds
+    (error,) = [e["error"] for e in events if e["type"] == "error"]
+    assert error["code"] == "session_finished" and error["param"] is None, error
+    assert events[-1]["status"] == "stopped"
+
+
 def test_bad_sessions_get_an_error_message(magi1_server):
     async def first_reply(start: dict) -> dict:
         async with websockets.connect(ws_url(magi1_server), additional_headers=AUTH) as ws:

@@ -296,6 +296,9 @@ class RealtimeSession:
                                    param="transition_chunks")
             if self.job.state.finished:
                 raise SessionError("the video is already finished", code="session_finished")
+            if self.job.cancel_requested.is_set():  # session.stop came first: no chunk will take the prompt
+                raise SessionError("the video is stopping (session.stop), so no chunk is left to take a new prompt",
+                                   code="session_finished")
             try:
                 change = self.live.prompts.change(prompt, transition_chunks=transition)
             except ValueError as err:
