@@ -48,12 +48,12 @@ def test_diffusers_placement_spellings_to_0_and_sequential_offload(tiny_model):
 
     pipe = MagiPipeline.from_pretrained(str(tiny_model), torch_dtype=torch.float32)
     assert pipe.dtype == torch.float32
-    before = pipe("a red ball", num_frames=24, seed=3, output_type="latent").latents
-    assert pipe.enable_sequential_cpu_offload() is pipe and pipe.blocks_on_device == 1  # was an AttributeError
-    assert torch.equal(pipe("a red ball", num_frames=24, seed=3, output_type="latent").latents, before)
     if not torch.cuda.is_available():  # torch's .to(0) means GPU 0: one sentence, not torch's RuntimeError
         with pytest.raises(InputError, match="'cuda:0' was asked for but torch sees no CUDA device"):
             pipe.to(0)
+    before = pipe("a red ball", num_frames=24, seed=3, output_type="latent").latents
+    assert pipe.enable_sequential_cpu_offload() is pipe and pipe.blocks_on_device == 1  # was an AttributeError
+    assert torch.equal(pipe("a red ball", num_frames=24, seed=3, output_type="latent").latents, before)
 
 
 def test_export_to_video_takes_every_frame_form(tmp_path):

@@ -359,3 +359,21 @@ def test_prompt_embeds_of_the_wrong_shape_and_stray_keywords_are_named(demo):
                        _latents(demo, seed=1, guidance_scale=2.0))
     with pytest.raises(TypeError, match=re.escape("pipe() got an unexpected keyword argument 'eta'")):
         _latents(demo, eta=0.0)  # said stream_batch(), a method the caller never called
+
+
+# ------------------------------------------------------------------ 15. an offloaded pipeline
+@pytest.mark.parametrize("offload", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
+def test_an_offloaded_pipeline_saves_its_real_weights_and_refuses_what_it_cannot_do(offload, demo_lora, tmp_path):
+    pipe = MagiPipeline.from_pretrained("demo_distill", device="cpu", torch_dtype=torch.float32)
+    before = pipe(PROMPT, num_frames=24, seed=1, progress=False).frames
+    getattr(pipe, offload)()
+    pipe(PROMPT, num_frames=24, seed=1, progress=False)  # some weights parked, some in place
+    saved = pipe.save_pretrained(tmp_path / "saved")  # wrote the parked layers' empty placeholders
+    again = MagiPipeline.from_pretrained(saved, device="cpu", torch_dtype=torch.float32)
+    assert np.array_equal(again(PROMPT, num_frames=24, seed=1, progress=False).frames, before)
+    assert np.array_equal(pipe(PROMPT, num_frames=24, seed=1, progress=False).frames, before)  # still offloaded
+    with pytest.raises(InputError, match=r"the pipeline is offloaded \(\w+\): call .to\(\) before"):
+        pipe.to(torch.bfloat16)  # the next run failed: host copies kept float32, placeholders said bfloat16
+    pipe.load_lora(demo_lora)
+    with pytest.raises(InputError, match="fuse_lora rewrites the DiT's weights"):
+        pipe.fuse_lora()  # was a RuntimeError about a size-0 tensor

@@ -162,6 +162,9 @@ class DiffusersConventions:
         dtype = torch_dtype if torch_dtype is not None else dtype
         if getattr(self, "parallel", None) is not None:
             raise InputError("a pipeline running under torchrun keeps the placement its launch gave it")
+        if getattr(self, "offload_mode", "none") not in (None, "none"):  # the host copies kept the old dtype
+            raise InputError(f"the pipeline is offloaded ({self.offload_mode}): call .to() before "
+                             f"enable_model_cpu_offload / enable_block_offload, or pipe.enable_offload('none') first")
         target = pick_device(device) if device is not None else None
         dtype = parse_dtype(dtype) if dtype is not None else None
         if dtype is not None:
@@ -207,11 +210,13 @@ class DiffusersConventions:
             raise InputError(f"cannot create the folder {root} (permission denied)") from None
         e = self.config.engine_config
         load = f"ckpt/magi/{self.variant or SAVED_MODEL_NAME}"
-        save_official(self.dit.state_dict(), root / load / weight_dir_name(distill=e.distill, fp8_quant=e.fp8_quant),
+        # Offloaded weights wait in host memory; the modules hold empty placeholders (they were saved as such)
+        save_official(state_dict_in_full(self, self.dit),
+                      root / load / weight_dir_name(distill=e.distill, fp8_quant=e.fp8_quant),
                       max_shard_bytes=max_shard_size)
         paths = {"load": f"./{load}", "vae_pretrained": None, "t5_pretrained": None}
         if self.vae is not None:
-            save_vae_folder(self.vae, root / VAE_FOLDER)
+            save_vae_folder(_VaeWeights(self.vae, state_dict_in_full(self, self.vae)), root / VAE_FOLDER)
             paths["vae_pretrained"] = f"./{VAE_FOLDER}"
         source = getattr(self.text_encoder, "folder", None)
         if source is not None:
@@ -277,6 +282,42 @@ def check_call_keywords(pipe, magi_kwargs: Mapping) -> None:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; docs/python-api.md lists the arguments"
             raise TypeError(f"pipe() got an unexpected keyword argument {name!r}{hint}")
+
+
+def _offloaded_copies(pipe):
+    """The host-memory copies (memory.offload.HostCopies) of every module an offload mode parks; none without."""
+    for part in getattr(pipe, "_offload_parts", None) or ():
+        yield from getattr(part, "copies", ())  # LayerStreamer: one per DiT layer
+        yield from getattr(part, "parts", {}).values()  # ComponentSwapper: the DiT's layers, the VAE
+
+
+def state_dict_in_full(pipe, module: torch.nn.Module) -> dict:
+    """module.state_dict() with the real values of its offloaded parts, each brought in for a moment, one at a
+    time (so no more is resident than while it runs); without offload, the state dict itself."""
+    state = module.state_dict()
+    prefixes = {id(sub): name for name, sub in module.named_modules()}
+    for copies in _offloaded_copies(pipe):
+        prefix = prefixes.get(id(copies.module))
+        if prefix is None:
+            continue  # another component's
+        was_resident = copies.resident
+        copies.bring_in()
+        copies.ready()
+        for name, tensor in copies.module.state_dict().items():
+            state[f"{prefix}.{name}" if prefix else name] = tensor.detach().to("cpu", copy=True)
+        if not was_resident:
+            copies.park()
+    return state
+
+
+class _VaeWeights:
+    """A VAE as save_vae_folder reads it (its config, its state dict), with the state dict given."""
+
+    def __init__(self, vae, state: dict) -> None:
+        self.config, self._state = vae.config, state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 def _copy_folder(source: Path, target: Path) -> None:

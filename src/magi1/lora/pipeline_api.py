@@ -88,6 +88,7 @@ class LoraPipelineMixin:
         from ..call_inputs import finite_number
         from .adapters import fuse
 
+        self._refuse_while_offloaded("fuse_lora")
         names = list(adapter_names) if adapter_names else self._lora_names(None)
         if lora_scale is not None:
             factor = finite_number(lora_scale, "lora_scale")
@@ -99,6 +100,7 @@ class LoraPipelineMixin:
     def unfuse_lora(self) -> None:
         from .adapters import unfuse
 
+        self._refuse_while_offloaded("unfuse_lora")
         unfuse(self.dit)
         self._lora_fused = False
 
@@ -157,6 +159,15 @@ class LoraPipelineMixin:
             raise InputError("a LoRA is loaded: unload_lora() first to save the base model, or fuse_lora() and "
                              "then unload_lora() to save the model with the LoRA baked in")
         return super().save_pretrained(save_directory, **kwargs)
+
+    def _refuse_while_offloaded(self, what: str) -> None:
+        """Fusing rewrites the weights, which wait in host memory while offloaded (it failed on the placeholders
+        the layers hold then, with a size mismatch)."""
+        mode = getattr(self, "offload_mode", "none")
+        if mode not in (None, "none"):
+            raise InputError(f"{what} rewrites the DiT's weights, which the {mode} offload keeps in host memory: "
+                             f"call it before enable_model_cpu_offload / enable_block_offload, or "
+                             f"pipe.enable_offload('none') first")
 
     def _lora_names(self, adapter_name: str | None) -> list[str]:
         loaded = list(self._lora_scales or {})
