@@ -302,6 +302,12 @@ NO_MODEL_LOAD = ("import sys\nimport magi1.pipeline as p\n"
                  "from magi1.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
+def test_make_tiny_into_a_folder_it_cannot_create_is_one_line(tmp_path):
+    done = _run(["make-tiny", "/proc/tiny_model"], tmp_path)  # was a FileNotFoundError traceback, exit 1
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "magi1 make-tiny: error: cannot write the tiny model into /proc/tiny_model: No such file or directory")
+
+
 def test_a_cut_off_resume_state_is_refused_before_the_model_loads(inputs, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes((inputs / "clip.mp4").read_bytes())  # the partial video of a killed run

@@ -432,7 +432,10 @@ def run_make_tiny(args) -> int:
 
     if Path(args.folder).exists() and not Path(args.folder).is_dir():
         raise InputError(f"{args.folder} is a file; make-tiny writes a folder (config.json, dit/, vae/, t5/)")
-    path = make_tiny_model_folder(args.folder, seed=args.seed)
+    try:
+        path = make_tiny_model_folder(args.folder, seed=args.seed)
+    except OSError as err:  # a folder that cannot be created or written (read-only, /proc, a full disk)
+        raise InputError(f"cannot write the tiny model into {args.folder}: {err.strerror or err}") from None
     print(f"wrote {path} (random weights: its videos are noise; for checking that every code path runs)")
     return 0
 
