@@ -377,3 +377,15 @@ def test_an_offloaded_pipeline_saves_its_real_weights_and_refuses_what_it_cannot
     pipe.load_lora(demo_lora)
     with pytest.raises(InputError, match="fuse_lora rewrites the DiT's weights"):
         pipe.fuse_lora()  # was a RuntimeError about a size-0 tensor
+
+
+# ------------------------------------------------------------------ 16. a prompt longer than the captions
+def test_a_prompt_cut_off_at_the_caption_length_is_announced(distilled, caplog):
+    with caplog.at_level(logging.WARNING, logger="magi1"):
+        _latents(distilled, prompt="a red ball bounces " * 40)
+    cut = [r.getMessage() for r in caplog.records if "caption tokens" in r.getMessage()]
+    assert len(cut) == 1 and "fills all 64 caption tokens of this model; words past them are cut off" in cut[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="magi1"):
+        _latents(distilled)
+    assert not [r for r in caplog.records if "caption tokens" in r.getMessage()]  # said only when it happens

@@ -255,6 +255,9 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
             for text in prompts:
                 warn_if_unknown_prompt(text, self.text_encoder.folder)
                 emb, mask = self.text_encoder.encode(text)
+                if int(mask.sum()) >= mask.shape[-1]:  # T5 cuts a long prompt off without a word (as official)
+                    logger.warning("magi1: the prompt %r fills all %d caption tokens of this model; words past "
+                                   "them are cut off", text[:60] + ("..." if len(text) > 60 else ""), mask.shape[-1])
                 embeds.append(emb.float().cpu())
                 masks.append(mask.cpu())
         if self.parallel is None:
