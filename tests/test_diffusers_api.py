@@ -111,3 +111,12 @@ def test_dir_of_the_package_lists_its_lazy_names():
     import magi1
 
     assert {"MagiPipeline", "MagiPipelineOutput", "export_to_video"} <= set(dir(magi1))  # was none: tab completion
+
+
+def test_the_output_indexes_as_a_diffusers_output_does(tiny_pipeline):
+    output = tiny_pipeline("a red ball", num_frames=24, seed=1, progress=False)
+    assert output[0] is output.frames and output["latents"] is output.latents  # was "not subscriptable"
+    frames, latents = output.to_tuple()
+    assert frames is output.frames and latents is output.latents
+    with pytest.raises(KeyError):
+        output["images"]

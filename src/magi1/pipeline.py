@@ -61,6 +61,17 @@ class MagiPipelineOutput:
     frames: object                  # np (B,T,H,W,3) float32 in [0,1] | torch (B,T,3,H,W) | B lists of PIL | latents
     latents: torch.Tensor           # (B, 16, T_lat, h, w) float32, every generated chunk
 
+    # As diffusers' BaseOutput: output[0] / output["frames"] and to_tuple() (code written for it indexes outputs)
+    def to_tuple(self) -> tuple:
+        return (self.frames, self.latents)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in ("frames", "latents"):
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
 
 @dataclass
 class GenerationReport:
