@@ -155,6 +155,31 @@ def test_a_prompt_change_after_session_stop_is_refused_not_accepted(magi1_server
     assert events[-1]["status"] == "stopped"
 
 
+def test_a_session_start_may_carry_an_image_past_16_mib(magi1_server):
+    """As big as the HTTP routes take (max_upload_bytes): uvicorn's own 16 MiB frame limit closed the
+    connection (1009) before the server's check, so a large photo could not start a live i2v session."""
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (2600, 2600, 3), dtype=np.uint8)  # barely compresses
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+    assert buffer.tell() > 16 * 2**20
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    async def first_reply() -> dict:
+        async with websockets.connect(ws_url(magi1_server), additional_headers=AUTH, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "session.start", "prompt": "a red ball", "image": image, "seconds": 1,
+                                      "num_inference_steps": STEPS}))
+            reply = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "session.stop"}))
+            return reply
+
+    reply = asyncio.run(first_reply())
+    assert reply["type"] == "video.start" and reply["mode"] == "i2v", reply
+
+
 def test_bad_sessions_get_an_error_message(magi1_server):
     async def first_reply(start: dict) -> dict:
         async with websockets.connect(ws_url(magi1_server), additional_headers=AUTH) as ws:

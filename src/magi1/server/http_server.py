@@ -99,11 +99,15 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
 def uvicorn_config(app, settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000,
                    log_level: str = "info", **extra) -> uvicorn.Config:
     """The one uvicorn.Config for this app: used by `magi1 serve` and by `serve_in_background`."""
+    from .realtime_video import max_message_bytes
+
     return uvicorn.Config(
         app, host=host, port=port, log_level=log_level, lifespan="on",
         http=guarded_protocol(settings),
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        # A live session.start may carry its image or video inline (uvicorn's own default is 16 MiB).
+        ws_max_size=max_message_bytes(settings),
         # Open connections (a download, a stream) are given this long after Ctrl-C / SIGTERM, then closed.
         timeout_graceful_shutdown=max(1, int(round(settings.graceful_shutdown_s))),
         **extra,

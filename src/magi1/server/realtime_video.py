@@ -62,6 +62,12 @@ MAX_MESSAGE_CHARS = 100_000  # interactions and stops are small; session.start m
 DONE_STATUS = {JobState.DONE: "completed", JobState.CANCELLED: "stopped", JobState.FAILED: "failed"}
 
 
+def max_message_bytes(settings: ServerSettings) -> int:
+    """The largest client message: a session.start carrying an upload as big as the HTTP routes take, in
+    base64 (uvicorn is given the same bound, so the server's own check is the one a client meets)."""
+    return MAX_MESSAGE_CHARS + settings.max_upload_bytes * 4 // 3
+
+
 def realtime_router(store: JobStore, settings: ServerSettings, model_id: str) -> APIRouter:
     router = APIRouter()
 
@@ -335,7 +341,7 @@ class RealtimeSession:
         text = event.get("text")
         if text is None:
             raise SessionError("messages must be JSON text, not binary", fatal=True)
-        if len(text) > MAX_MESSAGE_CHARS + self.settings.max_upload_bytes * 4 // 3:
+        if len(text) > max_message_bytes(self.settings):
             raise SessionError("the message is too large", fatal=True)
         try:
             message = json.loads(text)
@@ -367,4 +373,4 @@ class RealtimeSession:
                 await self.websocket.close(code=code)
 
 
-__all__ = ["PATH", "SUBPROTOCOL", "RealtimeSession", "realtime_router"]
+__all__ = ["PATH", "SUBPROTOCOL", "RealtimeSession", "max_message_bytes", "realtime_router"]
