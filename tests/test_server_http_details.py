@@ -95,6 +95,12 @@ def test_an_extension_takes_a_bare_video_id(magi1_server):
     answer = httpx.post(magi1_server.url + "/v1/videos/extensions", headers=AUTH,
                         json={"prompt": "on", "video": "video_" + "0" * 32})
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "video_not_found"
+    for wrong in ({"id": 5}, ["video_" + "0" * 32], 7):  # sent but not an id: told so, not "video is required"
+        answer = httpx.post(magi1_server.url + "/v1/videos/extensions", headers=AUTH,
+                            json={"prompt": "on", "seconds": "1", "video": wrong})
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and (error["param"], error["code"]) == ("video", "invalid_value"), error
+        assert error["message"].startswith("video must be"), error
 
 
 def test_a_chunk_prompt_past_the_video_names_chunk_prompts(client):

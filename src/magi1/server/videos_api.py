@@ -175,6 +175,9 @@ def videos_router(store: JobStore, settings: ServerSettings, model_id: str) -> A
                 size = (earlier.request.video_api or {}).get("size") or \
                     f"{earlier.request.width or model.default_width}x{earlier.request.height or model.default_height}"
                 source_id = ID_PREFIX + earlier.id
+            elif source_ref not in (None, ""):  # sent, but neither a file nor {"id": text}
+                raise invalid("video must be {\"id\": a completed video's id (text)} or an uploaded mp4, got "
+                              f"{str(source_ref)[:40]!r}", param="video")
             else:
                 raise invalid("video is required: {\"id\": a completed video's id} or an uploaded mp4",
                               param="video", code="missing_required_parameter")
