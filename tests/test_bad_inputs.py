@@ -302,6 +302,20 @@ NO_MODEL_LOAD = ("import sys\nimport magi1.pipeline as p\n"
                  "from magi1.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
+def test_other_libraries_info_lines_stay_out_of_the_output(tmp_path):
+    # The CLI's root logger at INFO printed every library's INFO lines: torch's "FakeTensor cache stats: ..."
+    # at exit (seen after an early Ctrl-C), httpx's line per request; magi1's own INFO lines stay
+    code = ("import atexit, logging, sys\n"
+            "atexit.register(lambda: logging.getLogger('httpx').info('cache stats'))\n"
+            "atexit.register(lambda: logging.getLogger('magi1.pipeline').info('a magi1 line'))\n"
+            "from magi1.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    done = _run(["plan"], tmp_path, code=code)
+    assert done.returncode == 0 and "a magi1 line" in done.stderr and "cache stats" not in done.stderr, done.stderr
+    done = _run(["-v", "plan"], tmp_path, code=code)
+    assert done.returncode == 0 and "cache stats" in done.stderr, done.stderr  # -v: everything
+
+
 def test_make_tiny_into_a_folder_it_cannot_create_is_one_line(tmp_path):
     done = _run(["make-tiny", "/proc/tiny_model"], tmp_path)  # was a FileNotFoundError traceback, exit 1
     assert done.returncode == 2 and done.stderr.strip() == (

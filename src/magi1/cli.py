@@ -516,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
 
             sub = subcommand_parser(parser, args.command) or parser
             sub.exit(2, f"{sub.prog}: error: {unknown_flags_message(sub, unknown)}\n")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # magi1's own INFO lines (what runs where, time to the first chunk); other libraries only warn, unless -v:
+    # torch's INFO at exit ("FakeTensor cache stats" after an early Ctrl-C), httpx's per-request lines, ...
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("magi1").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if getattr(args, "quiet", False):
         _silence_library_progress_bars()
     from tqdm.contrib.logging import logging_redirect_tqdm
