@@ -255,13 +255,13 @@ def _caption_table():
     return CaptionTable(table, 64)
 
 
-def _lora_trainer(log_dir: Path, steps: int):
+def _lora_trainer(log_dir: Path, steps: int, dropout: float = 0.0):
     from magi1.lora.trainer import MagiObjectiveTrainer, ObjectiveSettings
 
     from magi1.lora.adapters import LoraSettings, add_lora
 
     model = _tiny_dit()
-    add_lora(model, LoraSettings(rank=2), "default")  # B starts at 0, as in real training
+    add_lora(model, LoraSettings(rank=2, dropout=dropout), "default")  # B starts at 0, as in real training
     model.enable_gradient_checkpointing()
     config = MagiConfig.from_dict(tiny_config_dict())
     settings = ObjectiveSettings(steps=steps, lr=5e-3, warmup=1, tokens_per_step=64, seed=7)
@@ -288,6 +288,25 @@ def test_a_resumed_run_continues_the_same_loss_curve(tmp_path):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in expected]  # printed to 8 digits: the same curve
     assert len({r["loss"] for r in expected}) == 6
+
+
+def test_a_run_resumed_in_a_new_process_ends_with_the_same_adapters_under_dropout(tmp_path):
+    # Adapter dropout draws from torch's global generator: a resumed process starts it afresh, so without a
+    # per-step seed the resumed run drew other dropout masks and ended with other weights.
+    from magi1.lora.adapters import lora_state_dict
+    from magi1.train.loop import LoopSettings, run_loop
+
+    whole = _lora_trainer(tmp_path / "whole", 4, dropout=0.5)
+    run_loop(whole, LoopSettings(total_steps=4, progress=False))
+    state = str(tmp_path / "parted" / "state")
+    run_loop(_lora_trainer(tmp_path / "parted", 4, dropout=0.5), LoopSettings(total_steps=2, state_dir=state,
+                                                                               progress=False))
+    torch.manual_seed(12345)  # a new process: the global generator is not where the first one left it
+    resumed = _lora_trainer(tmp_path / "parted", 4, dropout=0.5)
+    assert run_loop(resumed, LoopSettings(total_steps=4, state_dir=state, progress=False))["resumed_from"] == 2
+    expected, got = lora_state_dict(whole.model), lora_state_dict(resumed.model)
+    assert sorted(expected) == sorted(got)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 # ------------------------------------------------------------------------------------------ as a user
@@ -329,6 +348,7 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     second = capsys.readouterr().out
     assert "3 segment latents reused, 0 encoded" in second and "the VAE and T5 were not loaded" in second
     assert "resumed from step 4" in second
+    assert "nothing left to train" in second and "final loss nan" not in second  # was "final loss nan"
     assert [p.stat().st_mtime_ns for p in latents] == stamps
 
     # generate --lora DIR:SCALE: at scale 0 the decoded video is the base model's, frame for frame; fused at 0.7
@@ -359,6 +379,45 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     error = capsys.readouterr().err
     assert "was made for a DiT with 2 layers of width 64, MLP 96 (another model)" in error
     assert not (tmp_path / "never.mp4").exists()
+
+    # DIR:SCALE typed wrong: what is wrong with the spec, not "folder 'my_lora:abc' does not exist".
+    for spec, expected in ((f"{out}:abc", "the scale after the ':' must be a finite number, got 'abc'"),
+                           (f"{out}:nan", "must be a finite number, got 'nan'"),
+                           (":0.5", "names no folder before the ':'")):
+        done = _run_magi1("generate", "--config_file", str(tiny_model), "--lora", spec, "--output_path",
+                          str(tmp_path / "never.mp4"), cwd=tmp_path)
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "never.mp4").exists()
+
+
+def test_train_lora_refuses_an_out_folder_it_would_spoil_before_any_work(tiny_model, tmp_path):
+    data = tmp_path / "clips"
+    data.mkdir()
+    _write_clip(data, "clip0", 50, "a red square falls", seed=0)
+    vae_folder = tiny_model.parent / "vae"
+    before = sorted(p.name for p in vae_folder.iterdir())
+
+    def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        return _run_magi1("train", "lora", "--config_file", str(tiny_model), "--data", str(data), "--out", str(out),
+                          "--steps", "2", "--quiet", *extra, cwd=tmp_path)
+
+    # A model's folder (--full would overwrite its config.json), the clips folder itself (the next scan would
+    # read the cache and logs as clips), a folder of the clips: refused in one sentence, nothing written.
+    for out, expected in ((vae_folder, "already holds files that are not a `magi1 train lora` run (config.json"),
+                          (data, "is inside --data"), (data / "lora", "is inside --data")):
+        done = train(out, "--full")
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in vae_folder.iterdir()) == before
+    assert sorted(p.name for p in data.iterdir()) == ["clip0.mp4", "clip0.txt"]
+    done = train(tmp_path / "lora", "--cache_dir", str(data / "cache"))
+    assert done.returncode == 2 and "--cache_dir" in done.stderr and "is inside --data" in done.stderr
+    # Numbers that only a sample would have used, and thread counts, are refused by argparse too.
+    for flag, value in (("--sample_frames", "0"), ("--sample_steps", "0"), ("--threads", "0"),
+                        ("--threads", "-2")):
+        done = train(tmp_path / "lora", flag, value)
+        assert done.returncode == 2 and f"argument {flag}: must be at least 1" in done.stderr, done.stderr
+    assert not (tmp_path / "lora").exists()
 
 
 def test_train_lora_reads_a_hugging_face_videofolder_from_the_command_line(tiny_model, tmp_path):

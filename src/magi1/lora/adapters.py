@@ -14,6 +14,7 @@ per layer, scales, merge / unmerge). Adapter weights are float32 masters whateve
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,8 +277,26 @@ def lora_folder(given: str | Path) -> Path:
         raise InputError(f"{path} is a file, not a LoRA: give the LoRA's folder (with {ADAPTER_CONFIG} and "
                          f"{ADAPTER_WEIGHTS}, as `magi1 train lora` writes) or its {ADAPTER_WEIGHTS} file")
     if not path.is_dir():
-        raise InputError(f"LoRA folder {path} does not exist")
+        raise InputError(_missing_folder_message(str(given)))
     return path
+
+
+def _missing_folder_message(given: str) -> str:
+    """'DIR:SCALE' with a scale that is not a number (or no DIR) reaches here as one missing folder name:
+    say what is wrong with the spec rather than that a folder called 'my_lora:abc' is missing."""
+    head, sep, tail = given.rpartition(":")
+    if sep and not head:
+        return f"LoRA {given!r} names no folder before the ':' (write DIR or DIR:SCALE, e.g. my_lora:0.8)"
+    if sep and Path(head).is_dir():
+        try:
+            number = math.isfinite(float(tail))
+        except ValueError:
+            number = False
+        if number:  # 'my_lora:0.5:0.5': the last scale was taken, this is what is left
+            return f"LoRA folder {given} does not exist ({head} does: give it one scale, e.g. {head}:{tail})"
+        return (f"LoRA {given!r}: the scale after the ':' must be a finite number, got {tail!r} "
+                f"(e.g. {head}:0.8)")
+    return f"LoRA folder {given} does not exist"
 
 
 def read_lora(folder: str | Path) -> LoraFile:

@@ -77,8 +77,8 @@ def add_lora_parser(subparsers) -> None:
     g.add_argument("--sample_every", type=int, default=0, help="write sample videos every N steps (0: never)")
     g.add_argument("--sample_prompt", action="append", default=[], help="sample caption (repeatable; "
                                                                         "default: the first training caption)")
-    g.add_argument("--sample_frames", type=int, default=None, help="frames per sample (default two chunks)")
-    g.add_argument("--sample_steps", type=int, default=None, help="denoising steps per sample (default config's)")
+    g.add_argument("--sample_frames", type=positive_int, default=None, help="frames per sample (default two chunks)")
+    g.add_argument("--sample_steps", type=positive_int, default=None, help="denoising steps per sample (default config's)")
     g.add_argument("--save_every", type=int, default=0, help="also write the LoRA to OUT/step_N/ every N steps")
     g.add_argument("--checkpoint_every", type=int, default=100, help="steps between resumable saves")
     g.add_argument("--log_every", type=int, default=10, help="steps between loss-log lines and loss.png updates")
@@ -86,7 +86,7 @@ def add_lora_parser(subparsers) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, help="DiT base weights dtype (default bf16 on GPU, float32 on CPU)")
-    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -143,6 +143,7 @@ def validate_args(args):
         raise InputError(f"--out: {args.out} exists and is not a folder")
     if not out.parent.exists():
         raise InputError(f"--out: folder {out.parent} does not exist")
+    _check_out_folder(out, Path(args.data), Path(args.cache_dir) if args.cache_dir else None)
     for flag in ("steps", "grad_accum"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -176,19 +177,33 @@ def validate_args(args):
     return config
 
 
+def _check_out_folder(out: Path, data: Path, cache_dir: Path | None) -> None:
+    """--out gets the LoRA, its state, cache and logs: not inside --data (the next scan would read them as
+    training files), and not a folder of something else (a model's config.json would be overwritten by --full)."""
+    data = data.resolve()
+    for flag, folder in (("--out", out), ("--cache_dir", cache_dir)):
+        if folder is not None and (folder.resolve() == data or data in folder.resolve().parents):
+            raise InputError(f"{flag} {folder} is inside --data {data}: the next scan would read its files as "
+                             f"training data; put it outside the clips folder")
+    if out.is_dir() and not (out / SETTINGS_FILE).is_file():
+        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise InputError(f"--out {out} already holds files that are not a `magi1 train lora` run ({shown}); "
+                             f"give a new or empty folder")
+
+
 def _check_resumable(args, out: Path) -> None:
     """A second run into the same --out continues the first: refuse if it would train something else."""
-    settings_path = out / SETTINGS_FILE
+    from ..train.resume import refuse_other_settings
+
     current = {k: getattr(args, k) for k in RUN_DEFINING}
     current["data"] = str(Path(args.data).resolve())
-    if settings_path.is_file() and (out / STATE_DIR).exists():
-        saved = json.loads(settings_path.read_text())
-        changed = [k for k in RUN_DEFINING if k in saved and saved[k] != current[k]]
-        if changed:
-            raise InputError(f"{out} holds a run with other settings ({', '.join('--' + k for k in changed)}); "
-                             f"use those settings to resume it, or a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(current, indent=1) + "\n")
+    try:
+        refuse_other_settings(out, current, has_state=(out / STATE_DIR).exists(), what="--out", flag_style="_",
+                              settings_file=SETTINGS_FILE)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def main_train_lora(args) -> int:

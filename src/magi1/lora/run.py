@@ -78,9 +78,22 @@ class LoraRun:
         written = self.write_result(model, trainer)
         minutes = (time.perf_counter() - started) / 60
         resumed = f" (resumed at step {outcome['resumed_from']})" if outcome["resumed_from"] else ""
+        if outcome["resumed_from"] >= self.args.steps:
+            resumed = f" (all of them by an earlier run into {self.out}: nothing left to train)"
         _say(f"trained {self.args.steps} steps{resumed} in {minutes:.1f} min; "
-             f"final loss {outcome['metrics'].get('loss', float('nan')):.4f}; {written}")
+             f"final loss {self._final_loss(outcome):.4f}; {written}")
         return 0
+
+    def _final_loss(self, outcome) -> float:
+        """The mean loss of the last log window; a finished run run again reads that window from loss.csv."""
+        if "loss" in outcome["metrics"]:
+            return outcome["metrics"]["loss"]
+        from .trainer import LOSS_CSV, read_loss_csv
+
+        path = self.out / LOSS_CSV
+        window_start = (self.args.steps - 1) // self.args.log_every * self.args.log_every
+        losses = [r["loss"] for r in (read_loss_csv(path) if path.is_file() else []) if r["step"] > window_start]
+        return sum(losses) / len(losses) if losses else float("nan")
 
     def scan(self):
         from .dataset import scan_folder

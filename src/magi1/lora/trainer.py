@@ -24,7 +24,7 @@ from torch import nn
 from ..train.batch import DiTBatchBuilder, TaskMix
 from ..train.data import LatentClips
 from ..train.dit_trainer import dit_velocity, parameter_groups
-from ..train.loop import step_generator, warmup_cosine
+from ..train.loop import seed_model_randomness, step_generator, warmup_cosine
 from ..train.losses import MonotoneChunkTimeSampler, masked_mse
 from ..train.resume import load_optimizer_tensors, optimizer_tensors
 
@@ -158,6 +158,7 @@ class MagiObjectiveTrainer:
         total = 0.0
         for micro in range(s.grad_accum):
             batch = self.make_batch(step_generator(s.seed, step, stream=micro)).to(self.device)
+            seed_model_randomness(s.seed, step, stream=micro)  # adapter dropout: the same after a resume
             with self._autocast():
                 prediction = dit_velocity(self.model, batch)
             loss = masked_mse(prediction.float(), batch.target.float(), batch.frame_weight)

@@ -34,6 +34,12 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + stream) % (2**63 - 1))
 
 
+def seed_model_randomness(seed: int, step: int, stream: int = 0) -> None:
+    """Seed torch's global generators (every device) for one step's forward: what a model draws there itself
+    (adapter or attention dropout) then depends on (seed, step) too, not on how many steps this process ran."""
+    torch.manual_seed((int(seed) * 998_244_353 + int(step) * 104_729 + stream + 1) % (2**63 - 1))
+
+
 def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float = 0.1) -> float:
     """LR multiplier: linear warm-up, then a cosine down to `final_ratio` at the last step."""
     if step < warmup:

@@ -86,3 +86,29 @@ def load_state(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         prefix, name = key.split("/", 1)
         parts.setdefault(prefix, {})[name] = tensor
     return parts, json.loads((folder / STATE_META).read_text())
+
+
+def refuse_other_settings(folder: str | Path, settings: dict, *, has_state: bool, what: str, flag_style: str = "-",
+                          settings_file: str = "train_args.json") -> None:
+    """A resumable folder holds one run: continuing it under other settings would train something else (another
+    schedule, other data, weights of another shape), so that is refused, naming each changed flag and both
+    values. Records `settings` in the folder otherwise. `settings` must be JSON-able (paths made absolute)."""
+    folder = Path(folder)
+    path = folder / settings_file
+    wanted = json.loads(json.dumps(settings))
+    if has_state and path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [k for k in wanted if k in stored and stored[k] != wanted[k]]
+        if changed:
+            def shown(value) -> str:
+                return "none" if value is None else str(value)
+
+            listed = "; ".join(f"--{k.replace('_', flag_style)}: {shown(stored[k])} there, {shown(wanted[k])} now"
+                               for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise ValueError(f"{what} {folder} holds a run with other settings ({listed}{more}); resume it with the "
+                             f"settings it was started with, or give a new {what}")
+    elif has_state:
+        return  # a state from before settings were recorded: what it was trained with is not known
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1) + "\n")
