@@ -19,33 +19,41 @@ from pathlib import Path
 
 import torch
 
+from ..arg_types import non_negative_int, positive_float, positive_int
+from ..errors import InputError
+
 
 def _source(args):
     """The clip source the flags describe: a folder of videos or the synthetic physics generator."""
     if args.videos:
         from .data import VideoFolder
 
-        return VideoFolder(args.videos, height=args.size, width=args.size, fps=args.fps, num_frames=args.frames)
+        try:
+            return VideoFolder(args.videos, height=args.size, width=args.size, fps=args.fps, num_frames=args.frames)
+        except ValueError as err:  # no usable clip: say so, not a traceback
+            raise InputError(f"--videos: {err}") from None
     from .synthetic import SceneConfig, SyntheticPhysicsDataset
 
-    return SyntheticPhysicsDataset(args.clips, SceneConfig(height=args.size, width=args.size, num_frames=args.frames),
-                                   first_seed=args.seed)
+    # Clips shorter than the scenes' usual 24 shared conditioning frames share all of them.
+    scene = SceneConfig(height=args.size, width=args.size, num_frames=args.frames,
+                        conditioning_frames=min(args.frames, SceneConfig.conditioning_frames))
+    return SyntheticPhysicsDataset(args.clips, scene, first_seed=args.seed)
 
 
 def _add_source_flags(p, frames: int) -> None:
     p.add_argument("--videos", default=None, help="folder of *.mp4 with same-name .txt captions (default: synthetic)")
-    p.add_argument("--clips", type=int, default=400, help="synthetic clips to generate")
-    p.add_argument("--frames", type=int, default=frames, help="frames per clip")
-    p.add_argument("--size", type=int, default=64, help="square frame size (multiple of 16)")
-    p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--clips", type=positive_int, default=400, help="synthetic clips to generate")
+    p.add_argument("--frames", type=positive_int, default=frames, help="frames per clip")
+    p.add_argument("--size", type=positive_int, default=64, help="square frame size (multiple of 16)")
+    p.add_argument("--fps", type=positive_int, default=24)
 
 
 def _add_loop_flags(p, steps: int) -> None:
-    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--steps", type=positive_int, default=steps)
     p.add_argument("--workdir", required=True, help="resumable state and the loss log live here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between resumable saves")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--checkpoint-every", type=positive_float, default=180.0, help="seconds between resumable saves")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -89,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. the shipped src/magi1/demo) instead of from scratch")
     p.add_argument("--fresh-dit", action="store_true",
                    help="with --init-from: take only its VAE; the DiT and its T5 start from scratch on the new latents")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--checkpoint-every", type=positive_float, default=defaults.checkpoint_every_s)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("vae", help="train a ViT VAE")
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loop_flags(p, steps=1600)
     p.add_argument("--out", required=True, help="VAE folder to write (config.json + safetensors)")
     p.add_argument("--ddconfig", default=None, help="JSON file or string with ddconfig overrides")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=positive_int, default=4)
 
     p = sub.add_parser("encode", help="encode clips into a latent cache")
     _add_source_flags(p, frames=120)
@@ -114,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--latents", required=True, help="latent cache from `magi1 train encode`")
         p.add_argument("--text-encoder", required=True, help="T5 folder (official parent layout or the folder)")
         p.add_argument("--out", required=True, help="checkpoint root: writes inference_weight[.distill]/")
-        p.add_argument("--tokens-per-step", type=int, default=2304)
-        p.add_argument("--lr", type=float, default=5e-4 if name == "dit" else 2e-4)
+        p.add_argument("--tokens-per-step", type=non_negative_int, default=2304)
+        p.add_argument("--lr", type=positive_float, default=5e-4 if name == "dit" else 2e-4)
         if name == "dit":
             p.add_argument("--train-text-encoder", action="store_true",
                            help="train the T5 along (saved into --out/t5)")
         else:
-            p.add_argument("--finest-steps", type=int, default=None, help="default: the config's num_steps")
+            p.add_argument("--finest-steps", type=positive_int, default=None, help="default: the config's num_steps")
     from ..lora.cli import add_lora_parser
 
     add_lora_parser(sub)
@@ -135,10 +143,98 @@ def main_train(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     args.command_line = "magi1 train " + " ".join(argv)
+    if args.what in ("vae", "encode", "dit", "distill"):
+        _refuse_bad_inputs(args)  # every path and number, before a clip is made or a model loads
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill,
             "lora": _lora}[args.what](args)
+
+
+def _refuse_bad_inputs(args) -> None:
+    """What the low-level trainers would otherwise find out as a traceback, minutes in."""
+    if hasattr(args, "size") and args.size % 16:
+        raise InputError(f"--size must be a multiple of 16 (the VAE's 8x patches, then the DiT's 2x2), got {args.size}")
+    if getattr(args, "videos", None) and not Path(args.videos).is_dir():
+        raise InputError(f"--videos: {args.videos} is not a folder")
+    if args.what == "vae":
+        from .vae_trainer import VAETrainSettings
+
+        longest = max(VAETrainSettings.lengths)
+        if args.frames < longest:
+            raise InputError(f"--frames must be at least {longest} (the VAE trains on crops of up to {longest} "
+                             f"frames), got {args.frames}")
+        args.ddconfig_overrides = _ddconfig_overrides(args.ddconfig)
+    if args.what == "encode" and not Path(args.vae).is_dir():
+        raise InputError(f"--vae: {args.vae} is not a folder (a VAE from `magi1 train vae`)")
+    if args.what in ("dit", "distill"):
+        from ..config import ConfigError, load_config
+        from ..models.text_encoder import resolve_t5_folder
+
+        try:
+            load_config(args.config)
+        except ConfigError as err:
+            raise InputError(str(err)) from None
+        if not Path(args.latents).is_file():
+            raise InputError(f"--latents: {args.latents} is not a file (a latent cache from `magi1 train encode`)")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(args.latents), framework="pt") as handle:
+                usable = "latents" in handle.keys() and "captions" in (handle.metadata() or {})
+        except Exception:  # safetensors raises its own error types for a file that is not one
+            usable = False
+        if not usable:
+            raise InputError(f"--latents: {args.latents} is not a latent cache written by `magi1 train encode`")
+        try:
+            resolve_t5_folder(args.text_encoder)
+        except FileNotFoundError as err:
+            raise InputError(f"--text-encoder: {err}") from None
+    if args.what != "encode":
+        _refuse_other_settings(args)
+
+
+# Flags that do not change what a run trains: they may differ when a --workdir is resumed.
+RUN_ONLY_FLAGS = ("what", "workdir", "out", "threads", "quiet", "checkpoint_every", "command_line",
+                  "ddconfig_overrides")
+
+
+def _refuse_other_settings(args) -> None:
+    from .resume import refuse_other_settings
+
+    settings = {}
+    for key, value in vars(args).items():
+        if key in RUN_ONLY_FLAGS:
+            continue
+        if key in ("videos", "config", "latents", "text_encoder") and value is not None:
+            value = str(Path(value).resolve())
+        settings[key] = value
+    work = Path(args.workdir)
+    try:
+        refuse_other_settings(work, settings, has_state=(work / f"state_{args.what}").exists(), what="--workdir",
+                              settings_file=f"args_{args.what}.json")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def _ddconfig_overrides(text: str | None) -> dict:
+    if not text:
+        return {}
+    source = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        overrides = json.loads(source)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--ddconfig is neither a JSON file nor a JSON object ({err.msg} at char {err.pos})") from None
+    if not isinstance(overrides, dict):
+        raise InputError("--ddconfig must be a JSON object of ddconfig keys, e.g. '{\"embed_dim\": 512}'")
+    return overrides
+
+
+def _outcome(outcome: dict, args) -> str:
+    """The last logged metrics, or what a rerun of a finished --workdir did (it trains nothing)."""
+    if outcome["resumed_from"] >= args.steps:
+        return f"all {args.steps} steps were trained by an earlier run in {args.workdir}; nothing left to train"
+    return str(outcome["metrics"])
 
 
 def _lora(args) -> int:
@@ -186,17 +282,14 @@ def _vae(args) -> int:
     from .loop import run_loop
     from .vae_trainer import VAETrainer, VAETrainSettings
 
-    ddconfig = dict(DEMO_VAE_DDCONFIG, video_size=args.size)
-    if args.ddconfig:
-        text = Path(args.ddconfig).read_text() if Path(args.ddconfig).is_file() else args.ddconfig
-        ddconfig.update(json.loads(text))
+    ddconfig = {**DEMO_VAE_DDCONFIG, "video_size": args.size, **args.ddconfig_overrides}
     vae = ViTVAE(VAEConfig.from_ddconfig(ddconfig)).init_weights(args.seed).requires_grad_(True)
     clips = PixelClips.from_source(_source(args), progress=not args.quiet)
     trainer = VAETrainer(vae, clips, VAETrainSettings(steps=args.steps, batch=args.batch, seed=args.seed))
     outcome = run_loop(trainer, _loop(args, "vae"))
     vae.load_state_dict(trainer.averaged_weights())
     save_vae(vae.eval(), args.out)
-    print(f"VAE written to {args.out}: {outcome['metrics']}")
+    print(f"VAE written to {args.out}: {_outcome(outcome, args)}")
     return 0
 
 
@@ -236,7 +329,7 @@ def _dit(args) -> int:
 
         save_text_encoder(text.module, resolve_t5_folder(args.text_encoder), Path(args.out) / "t5",
                           weights=trainer.averaged_text_weights())
-    print(f"DiT written to {Path(args.out) / 'inference_weight'}: {outcome['metrics']}")
+    print(f"DiT written to {Path(args.out) / 'inference_weight'}: {_outcome(outcome, args)}")
     return 0
 
 
@@ -265,7 +358,7 @@ def _distill(args) -> int:
     distiller = ShortcutDistiller(student, teacher, config, LatentClips.load(args.latents), text, settings)
     outcome = run_loop(distiller, _loop(args, "distill"))
     save_official(distiller.averaged_weights(), Path(args.out) / "inference_weight.distill")
-    print(f"distilled DiT written to {Path(args.out) / 'inference_weight.distill'}: {outcome['metrics']}")
+    print(f"distilled DiT written to {Path(args.out) / 'inference_weight.distill'}: {_outcome(outcome, args)}")
     return 0
 
 
