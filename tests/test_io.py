@@ -183,6 +183,32 @@ def test_load_video_from_end_holds_only_the_last_frames(tmp_path):
     assert peak < whole.nbytes / 4, f"peak {peak} bytes for 4 of the {len(whole)} frames ({whole.nbytes} bytes)"
 
 
+def _portrait_phone_clip(path, frames: int = 6):
+    """Landscape 64x32 frames (red on the left) stored with a display matrix that turns them a quarter
+    counter-clockwise: how a phone keeps a portrait video."""
+    stored = np.zeros((frames, 32, 64, 3), np.uint8)
+    stored[:, :, :16, 0] = 255
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)
+        for frame in stored:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_portrait_phone_video_is_read_upright(tmp_path):
+    # The ffmpeg CLI (the official reader) turns a video by its display matrix; frames were read as stored,
+    # so a portrait phone clip was continued lying on its side
+    path = _portrait_phone_clip(tmp_path / "phone.mp4")
+    assert probe_video(path) == (6, 24.0, 64, 32)
+    frames = load_video(path, 64, 32, fps=24, max_frames=None)
+    red_rows = frames[0, :, :, 0].mean(axis=1)
+    assert frames.shape == (6, 64, 32, 3) and red_rows[-12:].min() > 200 and red_rows[:44].max() < 30
+    assert load_video(path, 64, 16, fps=24, max_frames=1, keep_aspect=True)[0, -4:, :, 0].min() > 200
+
+
 def test_mp4_bytes_decode(tmp_path):
     data = frames_to_mp4_bytes(smooth_clip(5), fps=12)
     path = tmp_path / "bytes.mp4"

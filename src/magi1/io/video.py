@@ -65,14 +65,29 @@ def _open_input(path: str | Path) -> tuple[av.container.InputContainer, av.video
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """(num_frames, fps, height, width) of the first video stream, without decoding pixels."""
+    """(num_frames, fps, height, width) of the first video stream, its size as shown (a portrait phone video's
+    display matrix turns its stored landscape frames), decoding one frame at most."""
     container, stream = _open_input(path)
     with container:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         num_frames = stream.frames
         if not num_frames:  # not in the header: count the packets (one per frame)
             num_frames = sum(1 for packet in container.demux(stream) if packet.size)
-        return VideoInfo(int(num_frames), float(rate) if rate else 0.0, stream.height, stream.width)
+        height, width = stream.height, stream.width
+    if height and width and _turned_sideways(path):
+        height, width = width, height
+    return VideoInfo(int(num_frames), float(rate) if rate else 0.0, height, width)
+
+
+def _turned_sideways(path: str | Path) -> bool:
+    """Whether the first frame's display matrix turns it by a quarter (the matrix travels with the frames)."""
+    container, stream = _open_input(path)
+    with container:
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError:
+            return False
+        return first is not None and _quarter_turns(first) % 2 == 1
 
 
 def is_still_image(path: str | Path) -> bool:
@@ -139,18 +154,29 @@ def resample_frames(
         next_slot += 1
 
 
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that show the frame upright (its display matrix: a phone's portrait video)."""
+    return round((frame.rotation or 0) / 90) % 4
+
+
 def _frame_to_rgb(frame: av.VideoFrame, height: int, width: int, keep_aspect: bool) -> np.ndarray:
+    # The ffmpeg CLI (the official reader) turns a video upright by its display matrix before scaling
+    # (autorotate); here it is scaled as stored, to the turned size, then turned: the same frame to a level or two.
+    turns = _quarter_turns(frame)
+    shown_h, shown_w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
     if keep_aspect:
-        scaled_h, scaled_w = cover_size(frame.height, frame.width, height, width)
+        scaled_h, scaled_w = cover_size(shown_h, shown_w, height, width)
     else:
         scaled_h, scaled_w = height, width
     rgb = frame.reformat(
-        width=scaled_w,
-        height=scaled_h,
+        width=scaled_h if turns % 2 else scaled_w,
+        height=scaled_w if turns % 2 else scaled_h,
         format="rgb24",
         interpolation=SCALER,
         src_color_range=frame.color_range or None,  # honour full-range (yuvj) sources
     ).to_ndarray()
+    if turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))
     return np.ascontiguousarray(center_crop(rgb, height, width)) if keep_aspect else rgb
 
 
