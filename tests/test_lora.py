@@ -334,6 +334,7 @@ def test_train_lora_then_generate_with_it_from_the_command_line(tiny_model, tmp_
     assert "not used: " in done.stdout and "stray.txt: caption with no video or image" in done.stdout
     assert "training memory plan (estimate, cpu)" in done.stdout and "3 encoded" in done.stdout
     assert "LoRA written to" in done.stdout
+    assert "Loading weights" not in done.stderr  # --quiet silences transformers' bar too
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert [r.split(",")[0] for r in (out / "loss.csv").read_text().split()[1:]] == ["1", "2", "3", "4"]
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

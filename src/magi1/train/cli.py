@@ -147,6 +147,10 @@ def main_train(argv: list[str] | None = None) -> int:
         _refuse_bad_inputs(args)  # every path and number, before a clip is made or a model loads
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    if getattr(args, "quiet", False):  # the top-level --quiet handling never sees a delegated command's flags
+        from ..cli import _silence_library_progress_bars
+
+        _silence_library_progress_bars()
     return {"demo": _demo, "vae": _vae, "encode": _encode, "dit": _dit, "distill": _distill,
             "lora": _lora}[args.what](args)
 
