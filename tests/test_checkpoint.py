@@ -415,3 +415,22 @@ def test_load_dit_pipeline_stage_and_default_rope(tmp_path):
     assert layers[1].mlp.linear_fc1.weight.dtype == torch.bfloat16
     assert torch.equal(layers[1].mlp.linear_fc2.weight, file_state["videodit_blocks.layers.3.mlp.linear_fc2.weight"])
     assert torch.equal(stage.rope.bands, full.rope.bands)
+
+
+def test_a_checkpoint_of_another_width_is_one_short_error_from_the_cli(tmp_path):
+    # Every tensor mismatches: the message counts them and lists a few, not 156 lines.
+    import subprocess
+    import sys
+
+    widen = ["model_config.hidden_size=192", "model_config.ffn_hidden_size=768",
+             "model_config.num_attention_heads=6", "model_config.num_query_groups=3"]
+    done = subprocess.run([sys.executable, "-m", "magi1.cli", "generate", "--config_file", "demo", "--prompt", "a ball",
+                           "--num_frames", "24", "--output_path", str(tmp_path / "x.mp4"), "--threads", "1",
+                           *[arg for item in widen for arg in ("--set", item)]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x.mp4").exists()
+    lines = done.stderr.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if "does not fit the model" in line)
+    assert lines[start + 1].strip().endswith("shape/dtype mismatches:")
+    assert lines[-1].strip().startswith("... and ") and len(lines) - start <= 13

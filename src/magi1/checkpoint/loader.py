@@ -313,6 +313,9 @@ def select_pipeline_stage(state_dict_keys: Iterable[str], num_layers: int, pp_si
 
 
 # ============================================================================================ assigning
+MAX_LISTED_KEYS = 10  # per kind of problem in a LoadReport message; the count says how many there are
+
+
 @dataclass
 class LoadReport:
     loaded: list[str] = field(default_factory=list)
@@ -330,7 +333,9 @@ class LoadReport:
                              ("shape/dtype mismatches", self.mismatched)):
             if items:
                 lines.append(f"  {len(items)} {title}:")
-                lines.extend(f"    {item}" for item in items)
+                lines.extend(f"    {item}" for item in items[:MAX_LISTED_KEYS])
+                if len(items) > MAX_LISTED_KEYS:  # a checkpoint of another model mismatches every tensor
+                    lines.append(f"    ... and {len(items) - MAX_LISTED_KEYS} more")
         return "\n".join(lines)
 
 
