@@ -421,6 +421,23 @@ def test_train_lora_refuses_an_out_folder_it_would_spoil_before_any_work(tiny_mo
     assert not (tmp_path / "lora").exists()
 
 
+def test_train_lora_trains_on_images_beside_videos_from_the_command_line(tiny_model, tmp_path):
+    # An image's latent was written under two names of one tensor, which safetensors refuses: every folder with
+    # an image ended in a traceback while the cache was built.
+    from PIL import Image
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    _write_clip(data, "clip0", 30, "a red square falls")
+    Image.fromarray(_moving_square(1, size=48)[0]).save(data / "still.png")
+    (data / "still.txt").write_text("a red square rests")
+    done = _run_magi1("train", "lora", "--config_file", str(tiny_model), "--data", str(data), "--out",
+                      str(tmp_path / "lora"), "--steps", "2", "--rank", "2", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 videos and 1 images with captions" in done.stdout and "2 encoded" in done.stdout
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+
+
 def test_train_lora_reads_a_hugging_face_videofolder_from_the_command_line(tiny_model, tmp_path):
     data = tmp_path / "videofolder"
     data.mkdir()

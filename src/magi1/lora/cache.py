@@ -173,7 +173,7 @@ class TrainingCache:
             if pieces[0].segment is None:  # an image: one latent frame, which is also its "first frame"
                 image = load_image(path, bucket.height, bucket.width, keep_aspect=True)
                 latent = encode_image(vae, image, fps=fps).float().cpu()[0]
-                self._write(pieces[0], latent, latent)
+                self._write(pieces[0], latent, latent.clone())  # safetensors refuses two names for one tensor
                 bar.update(1)
                 continue
             end = max(p.segment.start_frame + p.num_frames for p in pieces)
