@@ -103,6 +103,7 @@ REFUSED = [
     (["--set", "runtime_config.window_size=0"],  # was two lines
      "invalid config: runtime_config.window_size must be positive"),
     (["--prefix_video_path", "{in}/text.png"], "is not a readable video (nor an image)"),  # was "a still image"
+    (["--num_frames", "abc"], "argument --num_frames: invalid int value: 'abc'; see `magi1 generate --help`"),
     # the clip being continued was replaced by its continuation
     (["--prefix_video_path", "{in}/clip.mp4", "--output_path", "{in}/./clip.mp4"], "which the new video would overwrite"),
 ]

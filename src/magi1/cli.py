@@ -452,13 +452,21 @@ def _delegate_argv(module: str, func: str, argv: list[str]) -> int:
     return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's errors (a bad number, a missing argument) as one line, as magi1's own refusals are, not after
+    a usage block of twenty lines; --help still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="magi1", description="MAGI-1 autoregressive video generation")
     parser.add_argument("--version", action="version", version=f"magi1 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     add_generate_parser(subparsers)
     add_serve_parser(subparsers)
     add_train_parser(subparsers)

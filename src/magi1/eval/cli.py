@@ -28,7 +28,9 @@ EVALUATIONS = ("physics", "quality", "prompts")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="magi1 eval physics", description=__doc__.splitlines()[0])
+    from ..cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="magi1 eval physics", description=__doc__.splitlines()[0])
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
     p.add_argument("--scenarios", type=positive_int, default=12, help="held-out synthetic scenarios")
     p.add_argument("--all_perspectives", action="store_true", help="score left/center/right (default: center)")
