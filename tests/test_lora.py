@@ -4,6 +4,7 @@ objective's resume, and `magi1 train lora` / `magi1 generate --lora` as a user r
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -478,3 +479,20 @@ def test_unknown_adapter_targets_are_refused_before_any_work(tiny_model, tmp_pat
                        str(tmp_path / "lora"), "--target_modules", "attn,bogus", "--steps", "2", cwd=tmp_path)
     assert train.returncode == 2 and "no linear of the DiT is named bogus" in train.stderr, train.stderr
     assert not (tmp_path / "lora" / "cache").exists()
+
+
+def test_train_lora_packs_several_clips_into_one_step_from_the_command_line(tiny_model, tmp_path):
+    # A --tokens_per_step that holds more than one clip packs them at irregular token starts (the gathered
+    # attention path), under the bf16 autocast training uses; it crashed on a float32 / bf16 index_put.
+    data = tmp_path / "clips"
+    data.mkdir()
+    for index in range(3):
+        _write_clip(data, f"clip{index}", 24, f"a red square falls number {index}", seed=index)
+    out = tmp_path / "packed"
+    done = _run_magi1("train", "lora", "--config_file", str(tiny_model), "--data", str(data), "--out", str(out),
+                      "--steps", "2", "--rank", "2", "--sample_every", "0", "--tokens_per_step", "4096", "--quiet",
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    losses = [float(r.split(",")[1]) for r in (out / "loss.csv").read_text().split()[1:]]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

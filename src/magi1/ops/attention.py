@@ -159,5 +159,7 @@ class RangeAttention:
             q_idx = self._token_index(("q", lq, lk, first), [m[0] for m in part], lq, q.device)
             k_idx = self._token_index(("k", lq, lk, first), [m[1] for m in part], lk, k.device)
             o = attend(q[q_idx], k[k_idx], v[k_idx])  # (G, lq, nh, hd)
-            out[q_idx.reshape(-1)] = o.reshape(-1, heads, head_dim)
+            # Under autocast SDPA answers in bf16 while `out` follows q (float32 in training): index_put_ does
+            # not cast as slice assignment does.
+            out[q_idx.reshape(-1)] = o.reshape(-1, heads, head_dim).to(out.dtype)
         return out
