@@ -163,3 +163,10 @@ def test_magi1_plan_train_prints_the_plan_and_the_other_settings():
     bad = subprocess.run([sys.executable, "-m", "magi1.cli", "plan", "--train", "lora", "--lora_rank", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "rank must be a whole number >= 1" in bad.stderr
+
+
+def test_magi1_plan_train_full_counts_a_small_model_in_millions():
+    out = subprocess.run([sys.executable, "-m", "magi1.cli", "plan", "--config_file", "demo", "--train", "full"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "all weights: 2.0 M params" in out.stdout and "0.00 B" not in out.stdout  # was "0.00 B params"

@@ -219,11 +219,11 @@ def plan_training(config: MagiConfig, shape: TrainShape | None = None, *, mode: 
     if full:
         trained = dit_parameter_count(config)
         state = trained * (FLOAT32 + ADAM_STATE_BYTES)   # grads and moments; the masters are the weights
-        state_label = f"all weights: {trained / 1e9:.2f} B params x (grad + 2 AdamW moments)"
+        state_label = f"all weights: {_param_count(trained)} params x (grad + 2 AdamW moments)"
     else:
         trained = adapter_parameter_count(config, rank, targets)
         state = trained * (2 * FLOAT32 + ADAM_STATE_BYTES)
-        state_label = f"LoRA rank {rank}: {trained / 1e6:.1f} M params x (fp32 master + grad + 2 AdamW moments)"
+        state_label = f"LoRA rank {rank}: {_param_count(trained)} params x (fp32 master + grad + 2 AdamW moments)"
 
     one_layer = layer_saved_bytes(config, tokens, compute_dtype, mode=mode, accelerator=accelerator)
     working = backward_working_bytes(config, tokens, compute_dtype)
@@ -259,3 +259,12 @@ def check_train_shape(shape: TrainShape) -> None:
         raise InputError(f"chunks must be a whole number >= 1, got {shape.chunks}")
     if shape.batch < 1:
         raise InputError(f"batch must be a whole number >= 1, got {shape.batch}")
+
+
+def _param_count(count: int) -> str:
+    """'4.47 B', '1.9 M' or '35 K': the demo's DiT read '0.00 B' in billions."""
+    if count >= 1e9:
+        return f"{count / 1e9:.2f} B"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f} M"
+    return f"{count / 1e3:.0f} K"
