@@ -312,3 +312,18 @@ def test_cli_enhance_story_wording_a_user_types():
     # Only separators: one sentence, no traceback.
     empty = run_cli("enhance", "--story", " ; ", "--num_chunks", "2")
     assert empty.returncode == 2 and empty.stderr.strip() == "magi1 enhance: error: the story is empty"
+
+
+def test_a_16_bit_image_is_shown_to_the_vision_model_as_the_run_reads_it(tmp_path):
+    # Pillow's convert("RGB") clips 16-bit grey at 255: the model was shown a white page.
+    import base64
+    import io
+
+    from PIL import Image
+
+    from magi1.prompting.media import data_url
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 40), 30000, dtype=np.uint16)).save(path)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url(path).split(",", 1)[1]))))
+    assert shown.shape == (40, 40, 3) and abs(float(shown.mean()) - 30000 / 257) < 2

@@ -389,3 +389,20 @@ def test_a_prompt_cut_off_at_the_caption_length_is_announced(distilled, caplog):
     with caplog.at_level(logging.WARNING, logger="magi1"):
         _latents(distilled)
     assert not [r for r in caplog.records if "caption tokens" in r.getMessage()]  # said only when it happens
+
+
+def test_from_pretrained_refuses_a_special_tokens_file_that_is_not_one_before_loading(tmp_path, monkeypatch):
+    import magi1.pipeline as pipeline_module
+    from magi1 import MagiPipeline
+    from magi1.errors import InputError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were read before the special tokens were checked")
+
+    monkeypatch.setattr(pipeline_module, "check_weights_present", no_loading, raising=False)
+    text = tmp_path / "tokens.npz"
+    text.write_text("not a zip")
+    for bad, says in ((text, "is not an .npz file"), (tmp_path / "missing.npz", "no such file")):
+        with pytest.raises(InputError, match=says) as refused:
+            MagiPipeline.from_pretrained("demo", special_tokens_path=str(bad))
+        assert str(refused.value).startswith("special_tokens_path ")

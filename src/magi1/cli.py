@@ -56,7 +56,9 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="noise seed (default: the config's); the same seed gives the same video on any device")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--dtype", default=None,
+                   help="float32, bfloat16 or float16 (default: the DiT in its checkpoint's params_dtype, bfloat16 "
+                        "for the demo and the official weights, CPU included; the VAE bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--special_tokens", default=None,
                    help="official special_tokens.npz (enables the HQ and duration tokens as the official run scripts do)")

@@ -169,6 +169,10 @@ class MagiPipeline(LoraPipelineMixin, DiffusersConventions):
         if special_tokens_path is None and beside is not None:
             logger.info("using the special tokens %s", beside)
             special_tokens_path = str(beside)
+        elif special_tokens_path is not None:  # the user's own file: refused in one sentence before any weights
+            from .preflight import check_special_tokens_file
+
+            check_special_tokens_file(special_tokens_path, "special_tokens_path")
         # The DiT must be there; T5 and the VAE only when a prompt is encoded or frames decoded (a run given
         # prompt_embeds and returning latents needs neither), so their absence is reported at first use.
         check_weights_present(config, text_encoder=False, vae=False)

@@ -357,20 +357,23 @@ def check_config_name(name: str | os.PathLike) -> None:
 SPECIAL_TOKEN_ARRAYS = ("caption_token", "logo_token", "other_tokens")
 
 
-def check_special_tokens_file(path: str | os.PathLike) -> None:
-    """--special_tokens names an .npz with the official arrays (read from its zip index: no array is loaded)."""
+def check_special_tokens_file(path: str | os.PathLike, name: str = "--special_tokens") -> None:
+    """`name` (the CLI flag, or the Python argument) names an .npz with the official arrays (read from its zip
+    index: no array is loaded)."""
     import zipfile
 
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name} {path}: no such file; give the official special_tokens.npz")
     try:
         with zipfile.ZipFile(path) as archive:
             names = {name.removesuffix(".npy") for name in archive.namelist()}
     except (zipfile.BadZipFile, OSError) as err:
-        raise InputError(f"--special_tokens {path} is not an .npz file ({err}); give the official "
+        raise InputError(f"{name} {path} is not an .npz file ({err}); give the official "
                          f"special_tokens.npz") from None
     missing = [name for name in SPECIAL_TOKEN_ARRAYS if name not in names]
     if missing:
-        raise InputError(f"--special_tokens {path} lacks the array{'s' * (len(missing) > 1)} {', '.join(missing)} "
+        raise InputError(f"{name} {path} lacks the array{'s' * (len(missing) > 1)} {', '.join(missing)} "
                          f"of the official special_tokens.npz")
 
 

@@ -21,7 +21,9 @@ def image_part(source: str | Path | np.ndarray | Image.Image) -> dict:
 
 
 def data_url(source: str | Path | np.ndarray | Image.Image) -> str:
-    image = _as_image(source).convert("RGB")
+    from ..io.image import as_rgb_image  # deep (16-bit) images scaled to 8 bits, as the run reads them
+
+    image = as_rgb_image(_as_image(source))
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)  # keeps the aspect ratio
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
