@@ -102,6 +102,9 @@ def test_modes_order_and_auto_choice():
     assert choose_plan(load_config("24B_distill"), free_device=big[1].peak_device).mode == "model"
     small = choose_plan(config, free_device=plans[2].peak_device + 1)
     assert small.mode == "blocks" and small.blocks_on_device >= 2
+    # --offload auto --blocks_on_device 1: the most layers block offload may keep (it was ignored)
+    capped = choose_plan(config, free_device=plans[2].peak_device + 1, max_blocks_on_device=1)
+    assert capped.mode == "blocks" and capped.blocks_on_device == 1
     with pytest.raises(MemoryPlanError, match=r"GiB.*1\.00 GiB free on the device"):
         choose_plan(config, free_device=1 * GIB)
 

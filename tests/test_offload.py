@@ -175,3 +175,24 @@ def test_generate_offload_auto_refuses_up_front_when_nothing_fits(tiny_model, tm
     err = capsys.readouterr().err
     assert code == 2 and "does not fit" in err and "0.1 MiB free on the device" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("offload", ["none", "model"])
+def test_cli_refuses_blocks_on_device_that_would_do_nothing(tiny_model, tmp_path, offload):
+    out = tmp_path / "never.mp4"
+    run = subprocess.run([sys.executable, "-m", "magi1.cli", "generate", "--config_file", str(tiny_model),
+                          "--prompt", "a red ball", "--num_frames", "24", "--device", "cpu", "--output_path",
+                          str(out), "--offload", offload, "--blocks_on_device", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"magi1 generate: error: blocks_on_device 3 only applies to block offload (offload blocks, or auto when "
+        f"it picks blocks), and offload is {offload}: drop it or offload blocks"]
+    assert not out.exists()
+
+
+def test_from_pretrained_refuses_blocks_on_device_without_block_offload(tiny_model):
+    from magi1.errors import InputError
+
+    with pytest.raises(InputError, match="blocks_on_device 3 only applies to block offload"):
+        MagiPipeline.from_pretrained(str(tiny_model), offload="none", blocks_on_device=3)

@@ -126,7 +126,7 @@ def check_local_source(name_or_path, variant) -> None:
 def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> None:
     """from_pretrained's own options, refused in one sentence before any weights load (offload="bogus" used to
     load the whole model first, and weights="bogus" was taken silently)."""
-    from .memory.modes import OFFLOAD_MODES, WEIGHT_FORMATS
+    from .memory.modes import DEFAULT_BLOCKS_ON_DEVICE, OFFLOAD_MODES, WEIGHT_FORMATS
 
     if not isinstance(name_or_path, (str, os.PathLike, _magi_config())):
         raise InputError(f"pretrained_model_name_or_path must be a preset name, a folder, a config JSON or a hub "
@@ -135,9 +135,17 @@ def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> N
         raise InputError(f"offload must be one of {', '.join((*OFFLOAD_MODES, 'auto'))}, got {offload!r}")
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    if blocks_on_device is None:  # not given: 2 wherever block offload runs
+        return
     if isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, numbers.Integral) \
             or blocks_on_device < 1:
         raise InputError(f"blocks_on_device must be a whole number >= 1, got {blocks_on_device!r}")
+    # Refused rather than warned about: a K given with offload "none" or "model" would do nothing, and whoever
+    # gives it expects the device to hold only K layers (a warning scrolls past before the run fills the
+    # memory). from_pretrained's signature still defaults to 2, so an explicit 2 passes until it says None.
+    if offload in ("none", "model") and blocks_on_device != DEFAULT_BLOCKS_ON_DEVICE:
+        raise InputError(f"blocks_on_device {blocks_on_device} only applies to block offload (offload blocks, or "
+                         f"auto when it picks blocks), and offload is {offload}: drop it or offload blocks")
 
 
 def _magi_config():

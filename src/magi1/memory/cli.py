@@ -50,8 +50,10 @@ def add_offload_options(p) -> None:
     p.add_argument("--offload", choices=OFFLOAD_MODES + ("auto",), default="none",
                    help="none: all on the device; model: each component on the device only while it runs; "
                         "blocks: also stream the DiT's layers from host memory; auto: the fastest that fits")
-    p.add_argument("--blocks_on_device", type=int, default=DEFAULT_BLOCKS_ON_DEVICE, metavar="K",
-                   help=f"layers on the device at once with --offload blocks (default {DEFAULT_BLOCKS_ON_DEVICE})")
+    # Default None, not 2: a K given with --offload none/model would do nothing, and is refused as such.
+    p.add_argument("--blocks_on_device", type=int, default=None, metavar="K",
+                   help=f"layers on the device at once with --offload blocks (default {DEFAULT_BLOCKS_ON_DEVICE}); "
+                        f"with --offload auto, the most it may keep when it picks blocks")
     p.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
                    help="fp8: store a bf16 checkpoint's transformer layers in fp8 at load (half the bytes)")
 

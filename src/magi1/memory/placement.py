@@ -35,9 +35,13 @@ def disable_offload(pipe) -> None:
     pipe.offload_mode = "none"
 
 
-def enable_offload(pipe, mode: str, *, blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE,
+def enable_offload(pipe, mode: str, *, blocks_on_device: int | None = DEFAULT_BLOCKS_ON_DEVICE,
                    device: torch.device | str | None = None) -> None:
-    """Switch `pipe` to an offload mode ("none", "model" or "blocks"); outputs do not change."""
+    """Switch `pipe` to an offload mode ("none", "model" or "blocks"); outputs do not change.
+
+    blocks_on_device None (not given) is DEFAULT_BLOCKS_ON_DEVICE."""
+    if blocks_on_device is None:
+        blocks_on_device = DEFAULT_BLOCKS_ON_DEVICE
     if mode not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
     if getattr(pipe, "parallel", None) is not None and mode != "none":
@@ -114,9 +118,12 @@ def components_for(config) -> Components:
 
 
 def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, offload: str,
-                 blocks_on_device: int = DEFAULT_BLOCKS_ON_DEVICE, free_device: int | None = None,
+                 blocks_on_device: int | None = None, free_device: int | None = None,
                  weights: str = "auto") -> MemoryPlan:
     """The plan a generation runs with: the one asked for, or for "auto" the fastest that fits.
+
+    blocks_on_device: k for "blocks" (None: DEFAULT_BLOCKS_ON_DEVICE); for "auto", the most layers block
+    offload may keep on the device when it is picked (None: as many as fit).
 
     Raises planner.MemoryPlanError (one sentence with the numbers) when "auto" finds nothing that fits.
     """
@@ -127,5 +134,6 @@ def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, off
     kwargs = dict(dtype=dtype, accelerator=is_accelerator(device), weights=weights, components=components_for(config))
     if offload == "auto":
         free = free_device if free_device is not None else free_memory_bytes(device)
-        return choose_plan(config, shape, free_device=free, **kwargs)
-    return plan_memory(config, shape, offload=offload, blocks_on_device=blocks_on_device, **kwargs)
+        return choose_plan(config, shape, free_device=free, max_blocks_on_device=blocks_on_device, **kwargs)
+    k = DEFAULT_BLOCKS_ON_DEVICE if blocks_on_device is None else blocks_on_device
+    return plan_memory(config, shape, offload=offload, blocks_on_device=k, **kwargs)

@@ -225,8 +225,9 @@ def plan_every_mode(config: MagiConfig, shape: RunShape | None = None, *, block_
 
 
 def choose_plan(config: MagiConfig, shape: RunShape | None = None, *, free_device: int | None,
-                free_host: int | None = None, **kwargs) -> MemoryPlan:
-    """The fastest placement whose peak fits; blocks mode takes the largest k that fits.
+                free_host: int | None = None, max_blocks_on_device: int | None = None, **kwargs) -> MemoryPlan:
+    """The fastest placement whose peak fits; blocks mode takes the largest k that fits, up to
+    max_blocks_on_device when given.
 
     Raises MemoryPlanError naming the smallest peak there is when nothing fits.
     """
@@ -238,7 +239,7 @@ def choose_plan(config: MagiConfig, shape: RunShape | None = None, *, free_devic
         return model
     layers = config.model_config.num_layers
     smallest = None
-    for k in range(layers, 0, -1):
+    for k in range(min(layers, max_blocks_on_device or layers), 0, -1):
         plan = plan_memory(config, shape, offload="blocks", blocks_on_device=k, **kwargs)
         if plan.fits(free_device, free_host):
             return plan
