@@ -496,3 +496,32 @@ def test_train_lora_packs_several_clips_into_one_step_from_the_command_line(tiny
     assert (out / "adapter_model.safetensors").is_file()
     losses = [float(r.split(",")[1]) for r in (out / "loss.csv").read_text().split()[1:]]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_lora_specs_typed_wrong_are_refused_by_the_spec_parser_and_load_lora_words_its_own(tiny_model, tmp_path):
+    from magi1.lora.adapters import save_lora
+    from magi1.lora.pipeline_api import parse_lora_spec
+    from magi1.pipeline import MagiPipeline
+
+    donor = _tiny_dit()
+    _trained_looking_lora(donor)
+    folder = tmp_path / "my_lora"
+    save_lora(donor, folder, model_name="tiny")
+    assert parse_lora_spec(f"{folder}:0.5") == (str(folder), 0.5)
+    assert parse_lora_spec(str(folder)) == (str(folder), 1.0)
+    for spec, expected in ((f"{folder}:abc", "the scale after the ':' must be a finite number, got 'abc'"),
+                           (f"{folder}:nan", "must be a finite number, got 'nan'"),
+                           (":0.5", "names no folder before the ':'"),
+                           (f"{folder}:0.5:0.5", f"gives two scales: write one, e.g. {folder}:0.5")):
+        with pytest.raises(InputError, match=expected.replace("(", r"\(")):
+            parse_lora_spec(spec)
+    done = _run_magi1("generate", "--config_file", str(tiny_model), "--lora", f"{folder}:0.5:0.5",
+                      "--output_path", str(tmp_path / "never.mp4"), cwd=tmp_path)
+    assert done.returncode == 2 and "gives two scales" in done.stderr and "Traceback" not in done.stderr
+    # load_lora takes its scale as scale=: no talk of a scale after a ':'
+    pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
+    with pytest.raises(InputError) as err:
+        pipe.load_lora(f"{folder}:abc")
+    assert str(err.value) == f"LoRA folder {folder}:abc does not exist"
+    with pytest.raises(InputError, match=r"load_lora takes the scale as scale=0\.8"):
+        pipe.load_lora(f"{folder}:0.8")

@@ -12,6 +12,7 @@ A LoRA made for another model is refused with one sentence naming both architect
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Sequence
@@ -19,15 +20,28 @@ from typing import Sequence
 from ..errors import InputError
 
 
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_lora_spec(text: str) -> tuple[str, float]:
-    """'DIR' or 'DIR:SCALE' (the CLI's --lora) -> (folder, scale)."""
-    folder, scale = text, 1.0
+    """'DIR' or 'DIR:SCALE' (the CLI's --lora) -> (folder, scale); InputError in one sentence naming what is
+    wrong with the spec (the one place for this rule: load_lora takes its scale as scale=, never after a ':').
+
+    A folder whose own name holds a ':' is taken whole when it exists."""
+    if not text.strip():
+        raise InputError("--lora needs a folder: write DIR or DIR:SCALE, e.g. my_lora:0.8")
     head, sep, tail = text.rpartition(":")
-    if sep and head and re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", tail):
-        folder, scale = head, float(tail)
-    if not folder:
-        raise InputError(f"--lora {text!r} must look like DIR or DIR:SCALE")
-    return folder, scale
+    if not sep or Path(text).exists():
+        return text, 1.0
+    if not head:
+        raise InputError(f"--lora {text!r} names no folder before the ':' (write DIR or DIR:SCALE, e.g. my_lora:0.8)")
+    if not _NUMBER.fullmatch(tail.strip()) or not math.isfinite(float(tail)):
+        raise InputError(f"--lora {text!r}: the scale after the ':' must be a finite number, got {tail!r} "
+                         f"(write DIR or DIR:SCALE, e.g. {head}:0.8)")
+    inner_head, inner_sep, inner_tail = head.rpartition(":")
+    if inner_sep and _NUMBER.fullmatch(inner_tail.strip()) and not Path(head).exists():
+        raise InputError(f"--lora {text!r} gives two scales: write one, e.g. {inner_head}:{tail}")
+    return head, float(tail)
 
 
 class LoraPipelineMixin:
@@ -49,6 +63,9 @@ class LoraPipelineMixin:
         if self._lora_fused:
             raise InputError("LoRAs are fused into the weights: unfuse_lora() before loading another")
         scale = finite_number(scale, "the LoRA scale")
+        if isinstance(path, (str, Path)) and not Path(path).exists():
+            # Said here: the shared folder check words a missing 'DIR:SCALE' for the CLI's --lora.
+            raise InputError(f"LoRA folder {path} does not exist" + _scale_hint(str(path)))
         lora = read_lora(path)
         name = adapter_name or _default_name(lora.folder, adapter_names(self.dit))
         attach_lora(self.dit, lora, name, scale=scale)
@@ -178,6 +195,14 @@ class LoraPipelineMixin:
         if adapter_name not in loaded:
             raise InputError(f"no LoRA named {adapter_name!r} is loaded (loaded: {', '.join(loaded) or 'none'})")
         return [adapter_name]
+
+
+def _scale_hint(path: str) -> str:
+    """'my_lora:0.8' given to load_lora, which takes the scale as scale=."""
+    head, sep, tail = path.rpartition(":")
+    if sep and head and Path(head).is_dir() and _NUMBER.fullmatch(tail.strip()):
+        return f" ({head} does: load_lora takes the scale as scale={tail.strip()})"
+    return ""
 
 
 def _default_name(folder: Path, taken: list[str]) -> str:
