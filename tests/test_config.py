@@ -188,3 +188,25 @@ def test_command_line_overrides():
         config.with_overrides(["seed=abc"])
     with pytest.raises(ConfigError, match="must be divisible by window_size"):
         config.with_overrides(["num_steps=6"])
+
+
+def test_an_unknown_set_key_names_the_closest_keys_and_where_the_list_is():
+    import subprocess
+    import sys
+
+    def generate_with(override: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "magi1.cli", "generate", "--config_file", "demo", "--prompt",
+                               "a cat", "--set", override, "--output_path", "/nonexistent/never.mp4"],
+                              capture_output=True, text=True, timeout=120)
+
+    for override, expected in (
+            ("num_step=3", "unknown key 'num_step' in config (closest: 'num_steps', 'num_layers', 'num_frames'; "
+                           "`magi1 generate --set help` lists every key)"),
+            ("foo=1", "unknown key 'foo' in config (`magi1 generate --set help` lists every key)"),
+            ("=1", "override '=1' names no key: write KEY=VALUE, e.g. runtime_config.num_steps=8 "
+                   "(`--set help` lists the keys)")):
+        run = generate_with(override)
+        assert run.returncode == 2 and run.stderr.splitlines() == [f"magi1 generate: error: {expected}"], run.stderr
+    listed = generate_with("help")
+    assert listed.returncode == 2 and "engine_config: distributed_backend, distributed_timeout_minutes, pp_size" \
+        in listed.stderr and len(listed.stderr.splitlines()) == 1

@@ -185,9 +185,14 @@ class MagiConfig:
         """Apply command-line style overrides: ['runtime_config.num_steps=8', 'seed=3', ...]."""
         parsed: dict[str, Any] = {}
         for item in assignments:
+            if item.strip() == "help":  # `--set help`: the list an unknown key's message points to
+                raise ConfigError(f"the keys --set takes (SECTION.KEY=VALUE or KEY=VALUE): {_every_key()}")
             if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like key=value")
+                raise ConfigError(f"override {item!r} must look like key=value (`--set help` lists the keys)")
             key, raw = item.split("=", 1)
+            if not key.strip():
+                raise ConfigError(f"override {item!r} names no key: write KEY=VALUE, e.g. runtime_config.num_steps=8 "
+                                  f"(`--set help` lists the keys)")
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:
@@ -369,10 +374,23 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _unknown_message(where: str, key: str, valid: Mapping[str, Any]) -> str:
+def _unknown_message(where: str, key: str, valid: Mapping[str, Any], *, list_hint: str | None = None) -> str:
+    """One sentence: the closest keys, and the full list (inline for one section, else where it is)."""
     close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-    return f"unknown key {key!r} in {where}{hint}"
+    if close and list_hint is None:
+        return f"unknown key {key!r} in {where}; did you mean {close[0]!r}?"
+    if list_hint is None:
+        return f"unknown key {key!r} in {where}; valid keys: {', '.join(valid)}"
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    nearest = f"closest: {', '.join(repr(c) for c in close)}; " if close else ""
+    return f"unknown key {key!r} in {where} ({nearest}{list_hint} lists every key)"
+
+
+def _every_key() -> str:
+    return "; ".join(f"{section}: {', '.join(f.name for f in fields(klass))}" for section, klass in SECTIONS.items())
+
+
+_SET_HELP = "`magi1 generate --set help`"
 
 
 def _locate(key: str) -> tuple[str, str]:
@@ -386,7 +404,7 @@ def _locate(key: str) -> tuple[str, str]:
     owners = [s for s, klass in SECTIONS.items() if key in {f.name for f in fields(klass)}]
     if not owners:
         every = {f.name: f for klass in SECTIONS.values() for f in fields(klass)}
-        raise ConfigError(_unknown_message("config", key, every))
+        raise ConfigError(_unknown_message("config", key, every, list_hint=_SET_HELP))
     return owners[0], key
 
 
