@@ -50,8 +50,9 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def opened_page(playwright, tmp_path, executable: str, url: str, **context_options):
-    """Headless Chromium on `url` once the page says the model is ready: yields (page, console errors)."""
+def opened_page(playwright, tmp_path, executable: str, url: str, *, wait_ready: bool = True, **context_options):
+    """Headless Chromium on `url` once the page says the model is ready (unless not wait_ready): yields
+    (page, console errors)."""
     context = playwright.chromium.launch_persistent_context(
         str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
         **context_options)
@@ -60,6 +61,9 @@ def opened_page(playwright, tmp_path, executable: str, url: str, **context_optio
         console_errors: list[str] = []
         page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
         page.goto(url)
+        if not wait_ready:
+            yield page, console_errors
+            return
         # Predicates are functions, not expression strings: those would need eval, which the page's
         # Content-Security-Policy forbids (and the test keeps that policy on).
         page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
@@ -189,3 +193,90 @@ def test_page_enhance_checkbox_shows_the_models_caption_with_the_result(tmp_path
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve-page-enhanced.png"), full_page=True)
             assert not console_errors, console_errors
+
+
+@contextmanager
+def fake_server(tmp_path, **create_options):
+    """The app on the fake pipeline, served on loopback: yields its base URL."""
+    settings = ServerSettings(results_dir=tmp_path / "results", allowed_hosts=LOOPBACK_HOSTS)
+    with serve_in_background(create_app(lambda: FakePipeline(step_delay=0.01), settings, **create_options)) as url:
+        yield url
+
+
+def test_page_on_a_phone_shows_only_what_applies_and_fits_the_screen(tmp_path):
+    """Elements marked hidden stay hidden (a CSS display rule had shown the API key form on a server without
+    keys, the empty latent-preview image and the t2v page's crop box), and a 390-px phone needs no sideways
+    scrolling (the page had been 586 px wide)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with fake_server(tmp_path) as base_url, sync_playwright() as playwright:
+        httpx.post(base_url + "/v1/jobs", data={"prompt": "a red ball and a blue square " * 4}, timeout=10)
+        with opened_page(playwright, tmp_path, executable, base_url + "/", viewport={"width": 390, "height": 844},
+                         is_mobile=True, has_touch=True) as (page, console_errors):
+            page.wait_for_function("() => document.querySelectorAll('#jobs tr').length === 1", timeout=10_000)
+            for hidden in ("#key-form", "#step-preview", "#keep-aspect-row", "#upload-row", "#download"):
+                assert page.is_hidden(hidden), hidden
+            width, screen = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+            assert width <= screen, (width, screen)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve-page-phone.png"), full_page=True)
+            assert not console_errors, console_errors
+
+
+def test_page_shows_its_job_again_after_a_reload_and_forgets_it_once_deleted(tmp_path):
+    """A reload shows the job the tab was showing; deleting it empties the player for good (its `ended` had
+    walked on into the deleted job's next chunk)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with fake_server(tmp_path) as base_url, sync_playwright() as playwright, \
+            opened_page(playwright, tmp_path, executable, base_url + "/") as (page, console_errors):
+        page.fill("#prompt", "a red ball")
+        page.uncheck("#live")
+        page.fill("#num_frames", "12")  # 3 chunks: a playlist of 3 mp4s
+        page.click("#submit")
+        page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
+                               timeout=20_000)
+        label = page.text_content("#job-label")
+        page.reload()
+        page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
+                               timeout=10_000)
+        assert page.text_content("#job-label") == label
+        assert page.text_content("#progress-text").startswith("done · 3/3 chunks")
+        page.click("#jobs tr >> text=Delete")
+        page.wait_for_function("() => document.getElementById('job-label').textContent === 'nothing yet'",
+                               timeout=5_000)
+        src_after_ended = page.evaluate("""async () => {
+            const player = document.getElementById('player');
+            player.dispatchEvent(new Event('ended'));
+            await new Promise((resolve) => setTimeout(resolve, 200));
+            return player.getAttribute('src'); }""")
+        assert src_after_ended is None
+        page.reload()
+        page.wait_for_function("() => document.getElementById('no-jobs').hidden === false", timeout=10_000)
+        assert page.text_content("#job-label") == "nothing yet"
+        assert not console_errors, console_errors
+
+
+def test_page_says_a_refused_api_key_was_refused_and_works_with_the_right_one(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with fake_server(tmp_path, api_keys=("sk-right-key",)) as base_url, sync_playwright() as playwright, \
+            opened_page(playwright, tmp_path, executable, base_url + "/", wait_ready=False) as (page, _):
+        page.wait_for_function("() => !document.getElementById('key-form').hidden", timeout=10_000)
+        assert page.is_visible("#key-form")
+        assert page.text_content("#model-status") == "API key needed"
+        page.fill("#api-key", "sk-wrong-key")
+        page.click("#key-form button")
+        page.wait_for_function("() => document.getElementById('model-status').textContent !== 'API key needed'",
+                               timeout=10_000)
+        assert page.text_content("#model-status") == "API key refused"  # the server answered: not 'unreachable'
+        assert page.is_visible("#key-form")
+        assert page.text_content("#key-message") == "that API key was refused"
+        page.fill("#api-key", "sk-right-key")
+        page.click("#key-form button")
+        page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
+                               timeout=10_000)
+        assert page.is_hidden("#key-form")

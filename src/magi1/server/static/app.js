@@ -10,6 +10,7 @@ const ACCEPT = {
 };
 
 const KEY_STORAGE = "magi1.api_key";
+const WATCHING_STORAGE = "magi1.watching";  // the job shown, shown again after a reload
 const $ = (id) => document.getElementById(id);
 let mode = "t2v";
 let limits = null;
@@ -59,7 +60,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))
                  : body && body.error && body.error.message ? body.error.message : response.statusText;
-    throw new Error(`${response.status}: ${detail}`);
+    throw Object.assign(new Error(`${response.status}: ${detail}`), { status: response.status });
   }
   return body;
 }
@@ -84,7 +85,11 @@ async function refreshInfo() {
       ? "(the server's templates: camera and quality sentences)" : `(model ${info.enhancer})`;
     if (info.model === "loading") setTimeout(refreshInfo, 2000);
   } catch (err) {
-    $("model-status").textContent = "server unreachable";
+    if (err.status === 401) {  // the server answered: the key was refused; wait for the next one (useKey)
+      $("model-status").textContent = "API key refused";
+      return;
+    }
+    $("model-status").textContent = err.status ? `server error ${err.status}` : "server unreachable";
     setTimeout(refreshInfo, 4000);
   }
 }
@@ -283,10 +288,30 @@ function watch(jobId, { live = false } = {}) {
     player.removeAttribute("src");
     player.load();
   }
+  sessionStorage.setItem(WATCHING_STORAGE, jobId);
   $("job-label").textContent = jobId.slice(0, 8);
   $("download").hidden = true;
   showEnhanced(null);
   pollJob();
+}
+
+// Nothing shown: the player emptied, so an `ended` cannot walk on into a deleted job's chunks.
+function stopWatching() {
+  clearTimeout(watcher.timer);
+  Object.assign(watcher, { id: null, state: null, playlist: [], next: 0, finished: false, fullVideo: null, idle: true,
+                           live: false });
+  sessionStorage.removeItem(WATCHING_STORAGE);
+  const player = $("player");
+  delete player.dataset.src;
+  player.removeAttribute("src");
+  player.load();
+  $("job-label").textContent = "nothing yet";
+  $("progress-text").textContent = "";
+  $("progress").value = 0;
+  $("step-preview").hidden = true;
+  $("cancel").hidden = true;
+  $("download").hidden = true;
+  showEnhanced(null);
 }
 
 async function pollJob() {
@@ -396,8 +421,17 @@ async function refreshList() {
   try {
     const data = await api("/v1/jobs");
     renderJobs(data.data);
+    resumeWatching(data.data);
     $("queue-status").textContent = `${data.running ? "1 running" : "idle"}, ${data.queued}/${data.max_queue} queued`;
   } catch (_) { /* the status badge already says the server is unreachable */ }
+}
+
+// After a reload: show again the job this tab was showing, if the server still has it.
+function resumeWatching(jobs) {
+  const last = sessionStorage.getItem(WATCHING_STORAGE);
+  if (watcher.id || !last) return;
+  if (jobs.some((job) => job.id === last)) watch(last);
+  else sessionStorage.removeItem(WATCHING_STORAGE);
 }
 
 function renderJobs(jobs) {
@@ -442,16 +476,7 @@ async function cancelJob(id) {
 
 async function deleteJob(id) {
   try { await api(`/v1/jobs/${id}`, { method: "DELETE" }); } catch (err) { $("form-message").textContent = err.message; }
-  if (id === watcher.id) {
-    clearTimeout(watcher.timer);
-    watcher.id = null;
-    $("player").removeAttribute("src");
-    $("job-label").textContent = "nothing yet";
-    $("progress-text").textContent = "";
-    $("progress").value = 0;
-    $("cancel").hidden = true;
-    $("download").hidden = true;
-  }
+  if (id === watcher.id) stopWatching();
   refreshList();
 }
 
