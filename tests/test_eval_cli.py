@@ -63,3 +63,42 @@ def test_eval_mistakes_are_one_line_on_stderr_before_any_work(tmp_path):
         assert done.returncode == 2 and not done.stdout, (argv, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (argv, done.stderr)
+
+
+def test_eval_quality_and_prompts_mistakes_are_one_line_before_the_model_loads(tmp_path):
+    # argparse's usage block, a traceback after every video was made (an unwritable --save_frames / --out), a
+    # threshold no video can meet, or an empty prompt scored as "shows it": each is now one sentence, exit 2.
+    # The config names no model, so a refusal that came after loading would say that instead.
+    (tmp_path / "afile").write_text("")
+    missing = ["--config_file", "nowhere.json"]
+    for argv, message in [
+        (["quality", "--scenarios", "0"], "magi1 eval quality: error: argument --scenarios: must be at least 1, "
+                                          "got 0; see `magi1 eval quality --help`"),
+        (["quality", "--num_frames", "-5"], "argument --num_frames: must be at least 1, got -5"),
+        (["quality", "--num_framez", "3"], "--num_framez: did you mean --num_frames?"),
+        (["quality", "--modes", "i2v"], "argument --modes: invalid choice: 'i2v'"),
+        (["quality", *missing, "--save_frames", "afile"], "--save_frames afile is a file, not a folder"),
+        (["prompts", "--threshold", "2"], "argument --threshold: must be a share of frames above 0 and at most 1"),
+        (["prompts", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        (["prompts", "--prompts"], "argument --prompts: expected at least one argument"),
+        (["prompts", *missing, "--prompts", " "], "--prompts has an empty prompt"),
+        (["prompts", *missing, "--save_frames", "afile/sheets"], "--save_frames afile/sheets cannot be made"),
+        (["physics", *missing, "--out", "afile"], "--out afile is a file, not a folder"),
+    ]:
+        done = _magi1_eval(*argv, cwd=tmp_path)
+        assert done.returncode == 2 and not done.stdout, (argv, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (argv, done.stderr)
+
+
+def test_eval_quality_of_one_chunk_and_an_odd_frame_count(tiny_model, tmp_path):
+    # 32 prefix frames + 7 made the VAE round trip encode 39 frames (a last tile of 3: refused), and a one-chunk
+    # video has no chunk boundary: its boundary columns read "nan%" (after numpy's RuntimeWarning), now "-".
+    sheets = tmp_path / "sheets"
+    done = _magi1_eval("quality", "--config_file", str(tiny_model), "--scenarios", "1", "--num_frames", "7",
+                       "--steps", "4", "--device", "cpu", "--save_frames", str(sheets), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "nan" not in done.stdout and "RuntimeWarning" not in done.stderr
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert rows["| t2v"][-2:] == ["-", "- |"] and "| vae round trip" in rows, done.stdout
+    assert sorted(p.name for p in sheets.iterdir()) == ["t2v_00.png", "v2v_00.png"]

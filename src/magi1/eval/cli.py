@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_eval_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse one evaluation's options; an unknown flag is one line naming the closest flags, as `magi1 generate`
+    does, not the whole usage (the parser is a OneLineErrorParser, so its other errors are one line too)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        from ..cli_suggest import unknown_flags_message
+
+        parser.exit(2, f"{parser.prog}: error: {unknown_flags_message(parser, unknown)}\n")
+    return args
+
+
 def main_eval(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         usage = "usage: magi1 eval physics|quality|prompts [options]   (magi1 eval physics -h for the options)"
@@ -71,11 +82,7 @@ def main_eval(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv[1:])
-    if unknown:  # one line naming the closest flags, as `magi1 generate` does, not the whole usage
-        from ..cli_suggest import unknown_flags_message
-
-        parser.exit(2, f"{parser.prog}: error: {unknown_flags_message(parser, unknown)}\n")
+    args = parse_eval_args(parser, argv[1:])
     if args.benchmark_root:
         if not args.generated:
             print("magi1 eval physics: error: --benchmark_root needs --generated (the folder of videos to score)",
@@ -90,6 +97,9 @@ def main_eval(argv: list[str]) -> int:
             raise InputError(str(err)) from None
         print(results_table({"generated": result}))
         return 0
+    from .quality import prepare_output_folder
+
+    prepare_output_folder("--out", args.out)  # a folder it cannot write: refused before the model loads
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.out) if args.out else Path(scratch)
         results = evaluate_physics(root, args)

@@ -123,8 +123,10 @@ class PersistenceReport:
         present = ", ".join(f"{c} {v:.0%}" for c, v in self.presence.items()) or "nothing named"
         near = ", ".join(f"{c} {v:.0%}" for c, v in self.boundary_presence.items())
         extra = ", ".join(f"{c} in {n}" for c, n in self.extras.most_common()) or "none"
-        return (f"present: {present}; clean frames {self.clean:.0%}; near chunk boundaries: {near or '-'}, clean "
-                f"{self.boundary_clean:.0%}; extra objects: {extra} (of {self.frames} frames)")
+        boundaries = ("none in this video" if np.isnan(self.boundary_clean)
+                      else f"{near or '-'}, clean {self.boundary_clean:.0%}")
+        return (f"present: {present}; clean frames {self.clean:.0%}; near chunk boundaries: {boundaries}; "
+                f"extra objects: {extra} (of {self.frames} frames)")
 
 
 def persistence(frames: np.ndarray, caption: str | Mapping[str, int], *, chunk_frames: int | None = 24,

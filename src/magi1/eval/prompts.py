@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arg_types import positive_int
+from ..errors import InputError
 from ..train.captions import KNOWN_SHAPES
 from .persistence import COUNT_WORDS, named_colours, object_counts
 
@@ -88,16 +90,26 @@ def check_video(prompt: str, frames: np.ndarray, seed: int = 0) -> PromptResult:
     return PromptResult(prompt, seed, len(frames), colours, wanted, reached)
 
 
+def share_of_frames(text: str) -> float:
+    """--threshold: a share of frames, above 0 and at most 1 (2 would pass nothing, -0.5 everything)."""
+    value = float(text)
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a share of frames above 0 and at most 1 (0.9 = 90%), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="magi1 eval prompts", description=__doc__.splitlines()[0])
+    from ..cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="magi1 eval prompts", description=__doc__.splitlines()[0])
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
     p.add_argument("--prompts", nargs="+", default=None,
                    help="prompts to try (seed 0); default: the README's examples and newcomer phrasings")
     p.add_argument("--seed", type=int, default=None,
                    help="run every prompt at this seed (default: the seed listed with each prompt)")
-    p.add_argument("--num_frames", type=int, default=96)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the config's)")
-    p.add_argument("--threshold", type=float, default=0.9, help="share of frames a prompt must show")
+    p.add_argument("--num_frames", type=positive_int, default=96)
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default: the config's)")
+    p.add_argument("--threshold", type=share_of_frames, default=0.9, help="share of frames a prompt must show")
     p.add_argument("--device", default="auto")
     p.add_argument("--save_frames", default=None, help="folder for a contact sheet PNG per prompt")
     return p
@@ -105,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate_prompts(args) -> list[PromptResult]:
     from ..pipeline import MagiPipeline
-    from .quality import save_sheet
+    from .quality import prepare_output_folder, save_sheet
 
+    if args.prompts and not all(p.strip() for p in args.prompts):
+        raise InputError("--prompts has an empty prompt: an empty prompt names nothing to check")
+    prepare_output_folder("--save_frames", args.save_frames)  # a folder it cannot write: refused before any run
     cases = [(p, 0) for p in args.prompts] if args.prompts else list(README_PROMPTS + NEWCOMER_PROMPTS)
     if args.seed is not None:
         cases = [(prompt, args.seed) for prompt, _ in cases]
@@ -138,6 +153,8 @@ def prompts_table(results: list[PromptResult], threshold: float) -> str:
 
 
 def main_prompts(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    from .cli import parse_eval_args
+
+    args = parse_eval_args(build_parser(), argv)
     print(prompts_table(evaluate_prompts(args), args.threshold))
     return 0
