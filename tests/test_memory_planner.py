@@ -142,3 +142,30 @@ def test_magi1_plan_refuses_a_bad_amount_and_says_when_nothing_fits(capsys):
     assert main(["plan", "--config_file", "24B_distill_quant", "--memory", "4GB"]) == 0
     out = capsys.readouterr().out
     assert "--offload auto: this run does not fit" in out and "4.00 GiB free on the device" in out
+
+
+def _plan(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "magi1.cli", "plan", *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_magi1_plan_odd_amounts_and_flags_the_plan_would_ignore_are_one_sentence():
+    refused = {
+        ("--memory", "0"): "memory '0' is no memory at all; give the free amount, e.g. 12GB",  # was "write 0GB"
+        ("--memory", ""): "cannot read '' as an amount of memory; write e.g. 12GB or 800MB",  # was "not given"
+        ("--train", "lora", "--host_memory", "1MB"):
+            "--host_memory is read only when planning a generation, not by --train lora: drop it",
+        ("--train", "full", "--lora_rank", "8"): "--lora_rank is read only by --train lora, not by --train full: drop it",
+        ("--lora_rank", "8"): "--lora_rank is read only by --train lora: drop it or add --train lora",
+    }
+    for argv, expected in refused.items():
+        run = _plan(*argv)
+        assert run.returncode == 2 and run.stderr.splitlines() == [f"magi1 plan: error: {expected}"], run.stderr
+    tiny = _plan("--memory", "1KB")
+    assert tiny.returncode == 0 and "there is 1.0 KiB free on the device" in tiny.stdout  # was "0.0 MiB"
+    # Host memory short, the device not: the advice is about host memory, not the window.
+    host = _plan("--config_file", "4.5B_distill", "--memory", "4GB", "--host_memory", "16GB")
+    assert "host memory is what is short: free some, or use fp8 weights" in host.stdout
+    assert "window_size 1" not in host.stdout
+    trained = _plan("--train", "lora", "--lora_rank", "4")
+    assert trained.returncode == 0 and "rank 4 on attn,mlp" in trained.stdout

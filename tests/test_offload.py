@@ -173,7 +173,7 @@ def test_generate_offload_auto_refuses_up_front_when_nothing_fits(tiny_model, tm
     code = main(["generate", "--config_file", str(tiny_model), "--num_frames", "48", "--device", "cpu",
                  "--offload", "auto", "--output_path", str(out), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "does not fit" in err and "0.1 MiB free on the device" in err, err
+    assert code == 2 and "does not fit" in err and "64.0 KiB free on the device" in err, err
     assert not out.exists()
 
 

@@ -38,8 +38,10 @@ def add_plan_parser(subparsers) -> None:
     t = p.add_argument_group("training (`magi1 train lora`)")
     t.add_argument("--train", choices=TRAIN_MODES, default=None,
                    help="plan one training step instead of a generation: LoRA adapters or full fine-tuning")
-    t.add_argument("--lora_rank", type=int, default=16)
-    t.add_argument("--lora_targets", default="attn,mlp", help="adapter targets, as `magi1 train lora --target_modules`")
+    # Defaults None (16, attn,mlp where used): given without --train lora they would do nothing, and are refused.
+    t.add_argument("--lora_rank", type=int, default=None, help="adapter rank (default 16)")
+    t.add_argument("--lora_targets", default=None,
+                   help="adapter targets, as `magi1 train lora --target_modules` (default attn,mlp)")
     t.add_argument("--chunks", type=int, default=None, help="chunks per training clip (default window_size + 1)")
     t.add_argument("--no_gradient_checkpointing", action="store_true")
     p.set_defaults(func=run_plan)
@@ -89,18 +91,47 @@ def plan_table(plans: list, free_device: int | None, free_host: int | None, *, m
     return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
 
 
+# Flags that only one kind of plan reads, with their "not given" values: given to the other kind, refused.
+_GENERATION_ONLY = {"--host_memory": ("host_memory", None), "--num_frames": ("num_frames", None),
+                    "--window_size": ("window_size", None), "--weights": ("weights", "auto"),
+                    "--kv_offload": ("kv_offload", "config"), "--blocks_on_device": ("blocks_on_device", None),
+                    "--markdown": ("markdown", False)}
+_TRAINING_ONLY = {"--chunks": ("chunks", None), "--no_gradient_checkpointing": ("no_gradient_checkpointing", False)}
+_LORA_ONLY = {"--lora_rank": ("lora_rank", None), "--lora_targets": ("lora_targets", None)}
+
+
+def check_plan_flags(args) -> None:
+    """A flag the chosen plan does not read is refused (it was ignored: `--train lora --host_memory 1MB`
+    printed no verdict about host memory, `--lora_rank 64` without --train changed nothing)."""
+    if args.train:
+        groups = [(_GENERATION_ONLY, f"read only when planning a generation, not by --train {args.train}", "")]
+        if args.train != "lora":
+            groups.append((_LORA_ONLY, "read only by --train lora, not by --train full", ""))
+    else:
+        groups = [(_TRAINING_ONLY, "read only by --train lora|full", " or add --train lora"),
+                  (_LORA_ONLY, "read only by --train lora", " or add --train lora")]
+    for flags, where, alternative in groups:
+        given = [flag for flag, (name, default) in flags.items() if getattr(args, name) != default]
+        if given:
+            one = len(given) == 1
+            raise InputError(f"{' and '.join(given)} {'is' if one else 'are'} {where}: drop "
+                             f"{'it' if one else 'them'}{alternative}")
+
+
 def run_plan(args) -> int:
     from ..config import ConfigError, load_config
     from ..preflight import check_config_name
     from ..runtime import parse_dtype, pick_device
     from .planner import MemoryPlanError, RunShape, choose_plan, format_bytes, parse_memory, plan_every_mode
 
+    check_plan_flags(args)
     try:
         check_config_name(args.config_file)
         config = load_config(args.config_file)
         dtype = parse_dtype(args.dtype)
-        free_device = parse_memory(args.memory) if args.memory else free_device_memory(pick_device("auto"))
-        free_host = parse_memory(args.host_memory) if args.host_memory else None
+        # `is not None`: an empty --memory "" is refused, not taken as "not given"
+        free_device = parse_memory(args.memory) if args.memory is not None else free_device_memory(pick_device("auto"))
+        free_host = parse_memory(args.host_memory) if args.host_memory is not None else None
     except (ConfigError, ValueError) as err:
         raise InputError(str(err)) from None
     if args.train:
@@ -151,11 +182,13 @@ def run_train_plan(args, config, dtype, free_device: int | None) -> int:
 
     shape = TrainShape.from_config(config, height=args.height, width=args.width, chunks=args.chunks,
                                    batch=args.batch)
-    kwargs = dict(rank=args.lora_rank, targets=args.lora_targets, weight_dtype=dtype, compute_dtype=dtype)
+    rank = 16 if args.lora_rank is None else args.lora_rank
+    targets = "attn,mlp" if args.lora_targets is None else args.lora_targets
+    kwargs = dict(rank=rank, targets=targets, weight_dtype=dtype, compute_dtype=dtype)
     checkpointing = not args.no_gradient_checkpointing
     plan = plan_training(config, shape, mode=args.train, checkpointing=checkpointing, **kwargs)
     print(f"{args.config_file}: train {args.train}"
-          + (f" rank {args.lora_rank} on {args.lora_targets}" if args.train == "lora" else "")
+          + (f" rank {rank} on {targets}" if args.train == "lora" else "")
           + f", {'with' if checkpointing else 'without'} gradient checkpointing")
     print(plan.format())
     print("other settings, same clips:")

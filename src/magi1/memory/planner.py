@@ -120,7 +120,10 @@ class MemoryPlan:
 
 
 def format_bytes(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.1f} MiB"
+    if n >= GIB / 10:
+        return f"{n / GIB:.2f} GiB"
+    # Below 0.1 MiB in KiB: `--memory 1KB` read "0.0 MiB free on the device"
+    return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 / 10 else f"{n / 1024:.1f} KiB"
 
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
@@ -135,7 +138,7 @@ def parse_memory(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as an amount of memory; write e.g. 12GB or 800MB")
-    if not match.group(2):
+    if not match.group(2) and float(match.group(1)) > 0:  # "0" is refused below as no memory, not as unitless
         raise InputError(f"memory {text!r} needs a unit: write e.g. {match.group(1)}GB or {match.group(1)}MB")
     amount = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if amount <= 0:
@@ -247,10 +250,16 @@ def choose_plan(config: MagiConfig, shape: RunShape | None = None, *, free_devic
     need = f"{format_bytes(smallest.peak_device)} of device memory and {format_bytes(smallest.peak_host)} of host memory"
     have = [f"{format_bytes(free_device)} free on the device" if free_device is not None else None,
             f"{format_bytes(free_host)} free in host memory" if free_host is not None else None]
+    # The advice follows what is short: a smaller window does little for host memory, which holds every
+    # DiT weight (and a CPU T5) once the DiT is offloaded.
+    device_short = free_device is not None and smallest.peak_device > free_device
+    advice = ["lower the size, the frames or the window (window_size 1 keeps one chunk in flight)"] if device_short \
+        else ["host memory is what is short: free some"]
+    if not smallest.fp8:
+        advice.append("use fp8 weights (--weights fp8)")
     raise MemoryPlanError(
         f"this run does not fit: even block offload with one layer on the device needs {need}, and there is "
-        f"{' and '.join(h for h in have if h)}; lower the size, the frames or the window "
-        f"(window_size 1 keeps one chunk in flight){'' if smallest.fp8 else ', or use fp8 weights (--weights fp8)'}")
+        f"{' and '.join(h for h in have if h)}; {', or '.join(advice)}")
 
 
 def with_window(shape: RunShape, window_size: int) -> RunShape:
