@@ -104,3 +104,47 @@ def test_every_route_has_a_request_schema_in_openapi(magi1_server):
                 assert name in [p["name"] for p in operation.get("parameters", [])], (method, path, name)
     assert {p["name"] for p in schema["paths"]["/v1/jobs"]["get"]["parameters"]} >= {"limit", "after", "order"}
     assert "RealtimeSessionStart" in schema["components"]["schemas"]
+
+
+def test_page_asks_before_show_ends_the_live_stream(magi1_server, browser_page):
+    """Show on another job closes the live stream, which cancels its video: the page asks first (it had
+    cancelled it without a word)."""
+    page, errors, outside = browser_page
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    older = httpx.post(f"{magi1_server.url}/v1/jobs", headers=auth, timeout=10,
+                       data={"prompt": "an older video", "num_frames": "24", "steps": str(STEPS)}).json()["id"]
+    page.goto(magi1_server.url + "/")
+    page.wait_for_function("() => !document.getElementById('key-form').hidden"
+                           " || document.getElementById('model-status').textContent.includes('ready')", timeout=20_000)
+    if page.is_visible("#key-form"):  # not yet given in this tab (the first test gives it)
+        page.fill("#api-key", KEY_A)
+        page.click("#key-form button")
+    page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
+                           timeout=20_000)
+    errors.clear()
+    page.fill("#prompt", "a red ball rolls to the right")
+    page.fill("#num_frames", "192")
+    page.fill("#steps", str(STEPS))
+    page.check("#live")
+    page.click("#submit")
+    page.wait_for_function("() => !document.getElementById('live-form').hidden", timeout=120_000)
+    live_id = page.evaluate("() => watcher.id")
+    older_row = page.locator("#jobs tr", has_text="an older video")
+    older_row.wait_for(timeout=10_000)
+
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    older_row.locator("button", has_text="Show").click()
+    page.wait_for_timeout(300)
+    assert questions and "ends the live video" in questions[0], questions
+    assert page.evaluate("() => watcher.id") == live_id and page.is_visible("#live-form")
+    state = httpx.get(f"{magi1_server.url}/v1/jobs/{live_id}", headers=auth).json()["state"]
+    assert state in ("queued", "running"), state
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    older_row.locator("button", has_text="Show").click()
+    page.wait_for_function(f"() => document.getElementById('job-label').textContent === '{older[:8]}'",
+                           timeout=5_000)
+    assert page.is_hidden("#live-form")
+    assert not errors, errors
+    assert not outside, outside

@@ -454,11 +454,21 @@ function renderJobs(jobs) {
     const active = job.state === "queued" || job.state === "running";
     cell(active ? `${job.state} ${Math.round(job.progress * 100)}%` : job.state, `state ${job.state}`).title = job.error || "";
     const actions = cell("");
-    actions.appendChild(button("Show", () => watch(job.id)));
+    actions.appendChild(button("Show", () => showJob(job.id)));
     if (active && !job.cancel_requested) actions.appendChild(button("Cancel", () => cancelJob(job.id)));
     actions.appendChild(button("Delete", () => deleteJob(job.id)));
     body.appendChild(row);
   }
+}
+
+// The player shows one job: leaving a live stream for another closes its WebSocket, and the server cancels a
+// live video whose viewer has gone, so ask first.
+function showJob(id) {
+  const streaming = liveSession && !liveSession.done && !liveSession.failed;
+  if (streaming && id === watcher.id) return;  // it is the one on screen
+  if (streaming && !confirm("Showing another job ends the live video being streamed: the server cancels it "
+                            + "and keeps only its finished chunks. Show the other job?")) return;
+  watch(id);
 }
 
 function button(label, onClick) {
