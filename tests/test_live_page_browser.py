@@ -7,6 +7,8 @@ with the "change prompt now" box. Loopback only: /docs must render from the serv
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -70,6 +72,16 @@ def test_page_plays_the_live_stream_while_the_job_runs_and_changes_the_prompt(ma
     page.click("#live-send")
     page.wait_for_function("() => /from chunk \\d|too late/.test(document.getElementById('live-status').textContent)",
                            timeout=60_000)
+    # Chunk indices count from 0 everywhere on the page: the chunks from the one the change applied from show
+    # the new caption under that index (it had been "chunk N+1/6 streamed" next to "from chunk N on").
+    changed = re.search(r"from chunk (\d+) on", page.text_content("#live-status"))
+    page.wait_for_function("() => /a blue square|^completed/.test(document.getElementById('live-events').textContent)",
+                           timeout=60_000)
+    events = page.text_content("#live-events")
+    if changed and not events.startswith("completed"):
+        shown = re.fullmatch(r'(\d+)/6 chunks streamed · chunk (\d+): "a blue square slides to the left"', events)
+        assert shown and int(shown.group(1)) == int(shown.group(2)) + 1, events
+        assert int(shown.group(2)) >= int(changed.group(1)), (events, changed.group(0))
     page.wait_for_function("() => document.getElementById('live-events').textContent.startsWith('completed')",
                            timeout=120_000)
     buffered = page.evaluate("() => { const b = document.getElementById('player').buffered;"

@@ -244,7 +244,9 @@ function submitLive(request) {
       refreshList();
     },
     onChunk: (meta) => {
-      events.textContent = `chunk ${meta.chunk + 1}/${meta.num_chunks} streamed · caption "${meta.caption ? meta.caption.prompt : ""}"`;
+      // chunk indices from 0, as in the chunk prompts box and the "from chunk N on" of a prompt change
+      events.textContent = `${meta.chunk + 1}/${meta.num_chunks} chunks streamed · chunk ${meta.chunk}: `
+        + `"${meta.caption ? meta.caption.prompt : ""}"`;
     },
     onEvent: (text) => { $("live-status").textContent = text; },
     onDone: (done) => {
