@@ -52,6 +52,35 @@ def bf16_path_line() -> str:
             + f", linear_proj {'bf16-input GEMM' if islands == 'bf16-inputs' else 'float32 GEMM'}")
 
 
+def refuse(message: str) -> None:
+    """End the benchmark with one sentence on stderr and exit 2, as magi1's own commands refuse an input."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def require_accelerator(device: torch.device, instead: str) -> None:
+    """Refuse at once, before any model is built, when a GPU benchmark would run on the CPU.
+
+    Its full size on a CPU would take hours and tens of GB (the 4.5B weights alone are 9 GB in bf16).
+    """
+    if device.type != "cuda":
+        refuse(f"this benchmark needs a GPU and torch sees none here ({instead})")
+
+
+def run_main(main) -> None:
+    """Run a benchmark's main(): a user error magi1 raises on purpose (an unknown preset, a device without
+    CUDA) is its one sentence and exit 2 instead of a traceback; the exit code is main()'s."""
+    from magi1.errors import is_user_facing
+
+    try:
+        code = main()
+    except Exception as err:  # noqa: BLE001 - only magi1's deliberate errors are turned into one line
+        if not is_user_facing(err):
+            raise
+        refuse(str(err))
+    sys.exit(code or 0)
+
+
 def sync(device: torch.device) -> None:
     synchronize(device)
 

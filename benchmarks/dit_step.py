@@ -218,8 +218,26 @@ HEADERS = ["dtype", "system", "half math", "step s", "time / magi1", "achieved T
            "time / roofline"]
 
 
+def command_options(args) -> list[str]:
+    """The options that reproduce this run, for the section's quoted command (every one that changes it)."""
+    options = [f"--workload {args.workload}", f"--dtype {' '.join(args.dtype)}", f"--layers {args.layers}"]
+    if args.latent != LATENT:
+        options.append(f"--latent {args.latent}")
+    options.append(f"--repeat {args.repeat}")
+    if args.half_math != ["auto"]:
+        options.append(f"--half-math {' '.join(args.half_math)}")
+    if args.side_by_side:
+        options.append("--side-by-side")
+        if args.official != ["cpu", "fp32"]:
+            options.append(f"--official {' '.join(args.official)}")
+    options += [flag for flag, on in (("--compile", args.compile), ("--cpu-clock", args.cpu_clock)) if on]
+    if args.device != "cpu":
+        options.append(f"--device {args.device}")
+    return options
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workload", choices=["common", "window"], default="common")
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--half-math", nargs="+", default=["auto"], choices=["auto", "native", "fp32"],
@@ -274,9 +292,7 @@ def main() -> None:
     cpu_paths.half_path(torch.bfloat16), cpu_paths.fp32_islands_path()  # every table names the bf16 path
     decided = cpu_paths.describe()
     paths = "; ".join(f"{k}: {v}" for k, v in decided.items())
-    command = (f"python benchmarks/dit_step.py --workload {args.workload} --dtype {' '.join(args.dtype)} "
-               f"--layers {args.layers} --repeat {args.repeat}" + (" --side-by-side" if args.side_by_side else "")
-               + (" --cpu-clock" if args.cpu_clock else ""))
+    command = "python benchmarks/dit_step.py " + " ".join(command_options(args))
     table = markdown_table(HEADERS, [row for r in results for row in rows_of(r)])
     body = (f"{machine_line()}\n\nCPU paths chosen at run time: {paths}.\n\n`{command}`: one forward, "
             f"{matmul / 1e12:.3f} TFLOP of matmuls + {attention / 1e12:.3f} TFLOP of attention, "
@@ -287,7 +303,8 @@ def main() -> None:
             + markdown_table(["op", "GFLOP", "TFLOP/s", "path", "s"], roof_rows))
     print(body)
     if not args.no_save:
-        title = f"DiT step, {args.workload} workload" + (", side by side" if args.side_by_side else "")
+        title = (f"DiT step, {args.workload} workload" + (", side by side" if args.side_by_side else "")
+                 + (", compiled MLPs" if args.compile else ""))  # a --compile run keeps the plain section
         save_section(title + (" (CPU clock)" if args.cpu_clock else ""), body)
 
 

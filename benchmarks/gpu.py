@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from common import (FlopCountingModel, clock, dit_call_flops, gemm_rate, machine_line, markdown_table, save_section, sdpa_rate, sync,
-                    time_it)
+from common import (FlopCountingModel, clock, dit_call_flops, gemm_rate, machine_line, markdown_table,
+                    require_accelerator, run_main, save_section, sdpa_rate, sync, time_it)
 from magi1.config import load_config
 from magi1.models.dit import MagiDiT
 from magi1.models.kv_cache import KVCache
@@ -127,8 +127,8 @@ def main() -> None:
         size, device_name = 64, "cpu"
     config = config.replace(**{"runtime_config.video_size_h": size, "runtime_config.video_size_w": size})
     device = pick_device(device_name)
-    if not args.smoke and not is_accelerator(device):
-        parser.error("no accelerator here: this benchmark is for a GPU machine (use --smoke to check it runs)")
+    if not args.smoke:
+        require_accelerator(device, "--smoke runs a tiny configuration on the CPU")
     dtype = torch.bfloat16
     m, r = config.model_config, config.runtime_config
     latent_size, cw = size // 8, r.chunk_width
@@ -207,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

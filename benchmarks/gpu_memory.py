@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from common import machine_line, require_accelerator, run_main  # noqa: E402
 from magi1.config import MagiConfig, load_config  # noqa: E402
 from magi1.memory.measure import measure_denoising  # noqa: E402
 from magi1.memory.offload import LayerStreamer, resident_bytes  # noqa: E402
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=720)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
+    if not args.tiny:
+        require_accelerator(device, "--tiny runs a tiny random model anywhere")
     if args.tiny:
         data = tiny_config_dict(height=64, width=64, num_frames=96, num_steps=2, window_size=2, distill=True)
         data["model_config"]["num_layers"] = 4
@@ -102,6 +105,7 @@ def main(argv=None) -> int:
     masks[:, :, :32] = 1
     noise = torch.randn(1, m.latent_channels, chunks * r.chunk_width, size // 8, size // 8, generator=gen)
     model = build_model(config, dtype)
+    print(machine_line())  # the CPU and its bf16 path, or the GPU: which machine the table below is from
     print(f"{args.config if not args.tiny else 'tiny'}: {size}x{size}, {r.num_frames} frames, window {r.window_size}, "
           f"{r.num_steps} steps, {str(dtype).replace('torch.', '')}, {device}, kv_offload "
           f"{config.engine_config.kv_offload}")
@@ -121,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

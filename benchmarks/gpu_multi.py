@@ -24,6 +24,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from common import machine_line, require_accelerator, run_main
 from magi1.config import EngineConfig, MagiConfig, load_config
 from magi1.models.dit import MagiDiT
 from magi1.models.kv_cache import KVCache
@@ -113,7 +114,7 @@ def vae_decode_time(args, device, ctx, repeat) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layouts", nargs="+", default=None, help="CPxPP each; default: cp = WORLD_SIZE")
     parser.add_argument("--model", default="24B_base", help="preset whose width is used")
     parser.add_argument("--layers", type=int, default=8)
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--vae", action="store_true", help="also time a tile-parallel VAE decode of one chunk")
     parser.add_argument("--out", default="gpu_multi.json")
     args = parser.parse_args()
+    require_accelerator(pick_device(), "its process group is NCCL, one GPU per process, under torchrun")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     layouts = args.layouts or [f"{world}x1"]
     results, contexts = [], []
@@ -161,6 +163,7 @@ def main() -> None:
         for ctx in reversed(contexts):
             teardown(ctx)
     if is_output_rank(contexts[0] if contexts else None):
+        print(machine_line())
         for row in results:
             print(json.dumps(row))
         with open(args.out, "w") as fh:
@@ -168,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

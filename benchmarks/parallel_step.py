@@ -7,6 +7,7 @@ processes mainly add communication: the numbers are reported as measured. The ou
 compared with the single-process output (max abs difference).
 
     python benchmarks/parallel_step.py [--layouts 1x1 2x1 1x2 4x1 2x2] [--repeat 2] [--dtype fp32]
+    python benchmarks/parallel_step.py --layouts 2x1 --layers 1 --repeat 1 --no-save   # a check in seconds
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run_rank(args) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     cp, pp = (int(n) for n in args.layout.split("x"))
     dtype = parse_dtype(args.dtype)
-    model_config = medium_config(str(dtype))
+    model_config = medium_config(str(dtype), args.layers)
     config = MagiConfig(model_config=model_config, engine_config=EngineConfig(
         distributed_backend="gloo", cp_size=cp, pp_size=pp, cp_strategy="cp_ulysses" if cp > 1 else "none"))
     ctx = setup_from_env(config, timeout=600)
@@ -91,7 +92,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(layout: str, out: str, repeat: int, dtype: str) -> None:
+def launch(layout: str, out: str, repeat: int, dtype: str, layers: int) -> None:
     cp, pp = (int(n) for n in layout.split("x"))
     world, port = cp * pp, free_port()
     procs = []
@@ -99,7 +100,7 @@ def launch(layout: str, out: str, repeat: int, dtype: str) -> None:
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                    LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
         cmd = [sys.executable, str(HERE), "--rank-of", layout, "--out", out, "--repeat", str(repeat),
-               "--dtype", dtype]
+               "--dtype", dtype, "--layers", str(layers)]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -112,6 +113,8 @@ def main() -> None:
                         help="CPxPP (cp_size x pp_size); 1x1 is the single-process reference and runs first")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--layers", type=int, default=8, help="transformer layers (8 = the medium config)")
+    parser.add_argument("--no-save", action="store_true", help="print only, leave docs/benchmarks.md alone")
     parser.add_argument("--rank-of", dest="layout", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,7 +125,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for layout in layouts:
-            launch(layout, out, args.repeat, args.dtype)
+            launch(layout, out, args.repeat, args.dtype, args.layers)
             info = json.loads((Path(out) / f"{layout}.json").read_text())
             diff = (torch.load(Path(out) / f"{layout}.pt") - torch.load(Path(out) / "1x1.pt")).abs().max().item()
             cp, pp = (int(n) for n in layout.split("x"))
@@ -137,11 +140,13 @@ def main() -> None:
     table = markdown_table(["cp x pp", "processes", "threads each", "best step s", "mean step s",
                             "max |out - 1 process|", "speed-up"], rows)
     tokens = CHUNKS * CHUNK_FRAMES * (LATENT // 2) ** 2
-    body = (f"{machine_line()}\n\nMedium config ({medium_config(args.dtype).num_layers} layers, hidden 1024), "
+    body = (f"{machine_line()}\n\nMedium config ({args.layers} layers, hidden 1024), "
             f"{args.dtype}, one window step of {tokens} query tokens (key spans {WINDOW_SPANS} chunks, {CACHED} cached), "
             f"gloo on loopback, {args.repeat} timed repeats after a warm-up, timed on rank 0 between barriers.\n\n"
             f"{table}\n\n{NOTE}")
     print(body)
+    if args.no_save:
+        return
     save_section("DiT window step across CPU processes (medium config)", body)
 
 

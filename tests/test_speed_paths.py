@@ -204,3 +204,51 @@ def test_bf16_model_widened_and_native_agree_and_stay_near_fp32():
     assert (native - reference).norm() / scale < 0.05
     assert (widened - reference).norm() / scale < 0.05
     assert (widened - native).norm() / scale < 0.05
+
+
+# ---------------------------------------------------------------------------------- the benchmark scripts
+BENCHMARKS = __import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark(script: str, *argv: str, timeout: float = 120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+@pytest.mark.parametrize("argv", [["gpu.py"], ["gpu.py", "--device", "cpu"], ["gpu_memory.py"], ["gpu_multi.py"]])
+def test_gpu_benchmarks_without_a_gpu_say_so_in_one_sentence(argv):
+    # gpu_memory.py and gpu_multi.py built the 4.5B / 24B-wide model on the CPU (9 GB and climbing) and ran it
+    # there for hours; gpu.py printed its usage block before the sentence
+    done = _benchmark(*argv, timeout=60)
+    assert done.returncode == 2 and not done.stdout, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a GPU and torch sees none here" in lines[0], done.stderr
+
+
+def test_benchmark_user_error_is_one_line():
+    done = _benchmark("gpu.py", "--smoke", "--config", "no_such_preset", timeout=60)  # was a traceback
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "unknown preset 'no_such_preset'" in lines[0], done.stderr
+
+
+def test_dit_step_quotes_the_command_that_reproduces_it_and_names_the_bf16_path():
+    # the quoted command left out --latent (and --half-math, --compile), so it named a run 100x larger
+    done = _benchmark("dit_step.py", "--layers", "1", "--latent", "8", "--repeat", "1", "--half-math", "native",
+                      "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert ("`python benchmarks/dit_step.py --workload common --dtype bf16 fp32 --layers 1 --latent 8 --repeat 1 "
+            "--half-math native`") in done.stdout
+    assert "bf16 GEMMs " in done.stdout and "linear_proj " in done.stdout  # the machine line's bf16 path
+
+
+def test_parallel_step_no_save_leaves_the_results_page_alone():
+    results = BENCHMARKS.parent / "docs" / "benchmarks.md"
+    before = results.read_text() if results.exists() else None
+    done = _benchmark("parallel_step.py", "--layouts", "1x1", "--layers", "1", "--repeat", "1", "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert "Medium config (1 layers" in done.stdout and "| 1x1 | 1 |" in done.stdout
+    assert (results.read_text() if results.exists() else None) == before
