@@ -280,3 +280,32 @@ def test_page_says_a_refused_api_key_was_refused_and_works_with_the_right_one(tm
         page.wait_for_function("() => document.getElementById('model-status').textContent.includes('ready')",
                                timeout=10_000)
         assert page.is_hidden("#key-form")
+
+
+def test_page_shows_a_refused_upload_until_another_file_is_chosen(tmp_path):
+    """The server's sentence for a file it cannot read is shown, and goes once another file is chosen
+    (it had stayed under the new file's preview), so that a good image then makes a video."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    (tmp_path / "not-an-image.png").write_text("hello")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    with fake_server(tmp_path) as base_url, sync_playwright() as playwright, \
+            opened_page(playwright, tmp_path, executable, base_url + "/") as (page, console_errors):
+        page.click("button.tab[data-mode=i2v]")
+        page.fill("#prompt", "the red square moves")
+        page.uncheck("#live")
+        page.set_input_files("#file", str(tmp_path / "not-an-image.png"))
+        page.click("#submit")
+        page.wait_for_function("() => document.getElementById('form-message').textContent !== ''", timeout=10_000)
+        assert page.text_content("#form-message").startswith("415: the upload is not a decodable image")
+        page.set_input_files("#file", str(tmp_path / "red.png"))
+        assert page.text_content("#form-message") == ""
+        assert page.is_visible("#image-preview")
+        page.click("#submit")
+        page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('done')",
+                               timeout=20_000)
+        assert page.text_content("#form-message") == ""
+        # the refused upload's 415 is the only resource error
+        assert [e for e in console_errors if "415" not in e] == [], console_errors

@@ -115,6 +115,7 @@ function selectMode(next) {
   $("upload-label").textContent = mode === "i2v" ? "Image" : "Video to continue";
   $("file").accept = ACCEPT[mode] || "";
   $("file").value = "";
+  $("form-message").textContent = "";
   showPreview(null);
 }
 
@@ -515,7 +516,10 @@ function listLoop() {
 // ------------------------------------------------------------------ start
 document.addEventListener("DOMContentLoaded", () => {
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => selectMode(tab.dataset.mode));
-  $("file").addEventListener("change", () => showPreview($("file").files[0] || null));
+  $("file").addEventListener("change", () => {
+    $("form-message").textContent = "";  // a refusal of the file before no longer says anything true
+    showPreview($("file").files[0] || null);
+  });
   $("job-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", () => watcher.id && cancelJob(watcher.id));
   $("key-form").addEventListener("submit", useKey);
