@@ -140,7 +140,9 @@ def main() -> None:
     table = markdown_table(["cp x pp", "processes", "threads each", "best step s", "mean step s",
                             "max |out - 1 process|", "speed-up"], rows)
     tokens = CHUNKS * CHUNK_FRAMES * (LATENT // 2) ** 2
-    body = (f"{machine_line()}\n\nMedium config ({args.layers} layers, hidden 1024), "
+    command = (f"python benchmarks/parallel_step.py --layouts {' '.join(layouts)} --layers {args.layers} "
+               f"--repeat {args.repeat} --dtype {args.dtype}")
+    body = (f"{machine_line()}\n\n`{command}`: medium config ({args.layers} layers, hidden 1024), "
             f"{args.dtype}, one window step of {tokens} query tokens (key spans {WINDOW_SPANS} chunks, {CACHED} cached), "
             f"gloo on loopback, {args.repeat} timed repeats after a warm-up, timed on rank 0 between barriers.\n\n"
             f"{table}\n\n{NOTE}")

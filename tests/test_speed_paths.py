@@ -250,5 +250,6 @@ def test_parallel_step_no_save_leaves_the_results_page_alone():
     before = results.read_text() if results.exists() else None
     done = _benchmark("parallel_step.py", "--layouts", "1x1", "--layers", "1", "--repeat", "1", "--no-save")
     assert done.returncode == 0, done.stderr
-    assert "Medium config (1 layers" in done.stdout and "| 1x1 | 1 |" in done.stdout
+    quoted = "`python benchmarks/parallel_step.py --layouts 1x1 --layers 1 --repeat 1 --dtype fp32`: medium config"
+    assert quoted in done.stdout and "| 1x1 | 1 |" in done.stdout
     assert (results.read_text() if results.exists() else None) == before
