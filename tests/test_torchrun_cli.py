@@ -86,3 +86,17 @@ def test_serve_under_torchrun_says_to_start_it_alone(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("magi1 serve runs as one process, but WORLD_SIZE is 2") == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_an_impossible_layout_is_one_line_from_every_rank(tmp_path):
+    """cp_size 3 on 2 processes (and heads that 3 does not divide): each rank names itself and every problem
+    on one line (it was a block of indented lines per rank, interleaved by torchrun)."""
+    done = run([*COMMON, "--set", "engine_config.cp_size=3", "--set", "engine_config.cp_strategy=cp_ulysses",
+                "--output_path", str(tmp_path / "x.mp4")], processes=2)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("magi1 generate: error:")]
+    assert sorted(line.split(": ")[2] for line in said) == ["rank 0", "rank 1"], done.stderr[-2000:]
+    for line in said:
+        assert "WORLD_SIZE is 2" in line and "num_attention_heads (4) is not divisible by engine_config.cp_size (3)" \
+            in line
+    assert "\n  model num_attention_heads" not in done.stderr and not (tmp_path / "x.mp4").exists()

@@ -316,7 +316,9 @@ class MagiConfig:
         need(e.distributed_timeout_minutes > 0, "distributed_timeout_minutes must be positive")
         if e.pp_size > 0 and m.num_layers > 0:
             need(m.num_layers % e.pp_size == 0,
-                 f"num_layers ({m.num_layers}) must be divisible by pp_size ({e.pp_size})")
+                 f"num_layers ({m.num_layers}) must be divisible by pp_size ({e.pp_size}): set "
+                 f"engine_config.pp_size to one of "
+                 f"{', '.join(str(d) for d in range(1, m.num_layers + 1) if m.num_layers % d == 0)}")
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -89,8 +89,8 @@ def check_layout(model_config: Any, engine_config: Any, world_size: int) -> None
             overlap_groups(heads // cp, max(groups // cp, 1), int(e.ulysses_overlap_degree))
         except ValueError as err:
             problems.append(f"engine_config.ulysses_overlap_degree: {err}")
-    if problems:
-        raise LayoutError("impossible parallel layout:\n  " + "\n  ".join(problems))
+    if problems:  # one line: every rank prints it, and torchrun interleaves the ranks' lines
+        raise LayoutError("impossible parallel layout: " + "; ".join(problems))
 
 
 def overlap_groups(local_heads: int, local_kv_heads: int, degree: int) -> int:
@@ -268,10 +268,14 @@ def setup_from_env(
         logger.warning("engine_config asks for cp_size %s x pp_size %s processes, but this process runs alone "
                        "(no torchrun): running everything on one process", e.cp_size, e.pp_size)
         return None
-    check_layout(config.model_config, config.engine_config, world_size)
     if world_size == 1:
+        check_layout(config.model_config, config.engine_config, world_size)
         return None
     rank, local_rank = _env_int(env, "RANK", 0), _env_int(env, "LOCAL_RANK", 0)
+    try:
+        check_layout(config.model_config, config.engine_config, world_size)
+    except LayoutError as err:  # every rank says it: name which one, as the collective errors do
+        raise LayoutError(f"rank {rank}: {err}") from None
     if timeout is None:
         timeout = datetime.timedelta(minutes=float(e.distributed_timeout_minutes))
     elif not isinstance(timeout, datetime.timedelta):
