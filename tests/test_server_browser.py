@@ -309,3 +309,26 @@ def test_page_shows_a_refused_upload_until_another_file_is_chosen(tmp_path):
         assert page.text_content("#form-message") == ""
         # the refused upload's 415 is the only resource error
         assert [e for e in console_errors if "415" not in e] == [], console_errors
+
+
+def test_page_refuses_a_setting_the_browser_cannot_read_as_a_number(tmp_path):
+    """"1e" typed in Frames reads as an empty box (the browser's value for text it cannot parse): the page
+    had sent no frame count and made a video of the default length without a word."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with fake_server(tmp_path) as base_url, sync_playwright() as playwright, \
+            opened_page(playwright, tmp_path, executable, base_url + "/") as (page, console_errors):
+        page.fill("#prompt", "a red ball")
+        page.click("#num_frames")
+        page.keyboard.type("1e")
+        for live in (False, True):
+            page.set_checked("#live", live)
+            page.click("#submit")
+            page.wait_for_function("() => document.getElementById('form-message').textContent !== ''",
+                                   timeout=5_000)
+            assert page.text_content("#form-message").startswith("Frames is not a number"), live
+            page.evaluate("() => { document.getElementById('form-message').textContent = ''; }")
+        page.wait_for_timeout(300)
+        assert httpx.get(base_url + "/v1/jobs", timeout=10).json()["data"] == []
+        assert not console_errors, console_errors

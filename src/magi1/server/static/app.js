@@ -98,7 +98,7 @@ function applyLimits(lim, defaults) {
   const caps = { num_frames: lim.max_frames, height: lim.max_height, width: lim.max_width, steps: lim.max_steps };
   for (const [id, cap] of Object.entries(caps)) $(id).max = cap;
   if (!defaults) return;
-  for (const id of ["num_frames", "height", "width", "steps", "seed"]) {
+  for (const id of SETTING_FIELDS) {
     if (defaults[id] !== undefined && defaults[id] !== null) $(id).placeholder = String(defaults[id]);
   }
 }
@@ -146,6 +146,19 @@ function parseChunkPrompts(text) {
   return Object.keys(schedule).length ? schedule : null;
 }
 
+const SETTING_FIELDS = ["num_frames", "height", "width", "steps", "seed"];
+
+// A number box's text; "" when empty (the model's default). Text the browser cannot read as a number
+// ("1e", "1,5") also reads as "" there, so it is refused here rather than sent as the default.
+function settingText(id) {
+  const input = $(id);
+  if (input.validity.badInput) {
+    const label = input.closest("label").firstChild.textContent.trim();
+    throw new Error(`${label} is not a number; write digits only, or leave it empty for the model's default`);
+  }
+  return input.value.trim();
+}
+
 function buildForm() {
   const form = new FormData();
   form.append("mode", mode);
@@ -153,8 +166,8 @@ function buildForm() {
   const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
   if (chunkPrompts) form.append("chunk_prompts", JSON.stringify(chunkPrompts));
   if ($("enhance").checked) form.append("enhance", "true");
-  for (const id of ["num_frames", "height", "width", "steps", "seed"]) {
-    const value = $(id).value.trim();
+  for (const id of SETTING_FIELDS) {
+    const value = settingText(id);
     if (value) form.append(id, value);
   }
   if (mode !== "t2v") {
@@ -206,7 +219,7 @@ async function liveRequest() {
   const chunkPrompts = parseChunkPrompts($("chunk-prompts").value);
   if (chunkPrompts) request.chunk_prompts = chunkPrompts;
   if ($("enhance").checked) request.enhance = true;
-  const number = (id) => ($(id).value.trim() ? Number($(id).value) : null);
+  const number = (id) => (settingText(id) ? Number($(id).value) : null);
   if (number("num_frames") !== null) request.frames = number("num_frames");
   if (number("steps") !== null) request.num_inference_steps = number("steps");
   if (number("seed") !== null) request.seed = number("seed");
