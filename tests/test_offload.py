@@ -196,3 +196,14 @@ def test_from_pretrained_refuses_blocks_on_device_without_block_offload(tiny_mod
 
     with pytest.raises(InputError, match="blocks_on_device 3 only applies to block offload"):
         MagiPipeline.from_pretrained(str(tiny_model), offload="none", blocks_on_device=3)
+
+
+def test_enable_block_offload_refuses_a_bad_count_before_changing_anything(tiny_model):
+    from magi1.errors import InputError
+
+    pipe = MagiPipeline.from_pretrained(str(tiny_model), device="cpu")
+    pipe.enable_block_offload(blocks_on_device=1)
+    for bad in (True, "2", 2.5, 0):
+        with pytest.raises(InputError, match="blocks_on_device must be a whole number >= 1"):
+            pipe.enable_block_offload(blocks_on_device=bad)
+        assert pipe.offload_mode == "blocks" and pipe.blocks_on_device == 1  # the working offload stays

@@ -42,6 +42,11 @@ def enable_offload(pipe, mode: str, *, blocks_on_device: int | None = DEFAULT_BL
     blocks_on_device None (not given) is DEFAULT_BLOCKS_ON_DEVICE."""
     if blocks_on_device is None:
         blocks_on_device = DEFAULT_BLOCKS_ON_DEVICE
+    # Checked before anything moves (a bad k used to fail half-way, after the old offload was removed); a bool
+    # is no count (True ran as k=1).
+    if mode == "blocks" and (isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, int)
+                             or blocks_on_device < 1):
+        raise InputError(f"blocks_on_device must be a whole number >= 1, got {blocks_on_device!r}")
     if mode not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
     if getattr(pipe, "parallel", None) is not None and mode != "none":
