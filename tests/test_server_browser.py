@@ -205,20 +205,23 @@ def fake_server(tmp_path, **create_options):
 
 def test_page_on_a_phone_shows_only_what_applies_and_fits_the_screen(tmp_path):
     """Elements marked hidden stay hidden (a CSS display rule had shown the API key form on a server without
-    keys, the empty latent-preview image and the t2v page's crop box), and a 390-px phone needs no sideways
-    scrolling (the page had been 586 px wide)."""
+    keys, the empty latent-preview image and the t2v page's crop box), and a 360-px phone needs no sideways
+    scrolling (the page had been 586 px wide; the live "change prompt now" row 405)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
     with fake_server(tmp_path) as base_url, sync_playwright() as playwright:
         httpx.post(base_url + "/v1/jobs", data={"prompt": "a red ball and a blue square " * 4}, timeout=10)
-        with opened_page(playwright, tmp_path, executable, base_url + "/", viewport={"width": 390, "height": 844},
+        with opened_page(playwright, tmp_path, executable, base_url + "/", viewport={"width": 360, "height": 740},
                          is_mobile=True, has_touch=True) as (page, console_errors):
             page.wait_for_function("() => document.querySelectorAll('#jobs tr').length === 1", timeout=10_000)
             for hidden in ("#key-form", "#step-preview", "#keep-aspect-row", "#upload-row", "#download"):
                 assert page.is_hidden(hidden), hidden
             width, screen = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
             assert width <= screen, (width, screen)
+            page.evaluate("() => { document.getElementById('live-form').hidden = false; }")  # as while streaming
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= screen, ("with the live form", width, screen)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve-page-phone.png"), full_page=True)
             assert not console_errors, console_errors
