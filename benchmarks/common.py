@@ -48,7 +48,11 @@ def bf16_path_line() -> str:
     units = ", ".join(report.half_units(torch.bfloat16)) or "no bf16 units"
     native = cpu_paths.half_path(torch.bfloat16).choice == "native"
     islands = cpu_paths.fp32_islands_path().choice
-    return (f"{report.capability}, {units}; bf16 GEMMs " + ("native" if native else "as float32 GEMMs (half_math)")
+    # the capability is what the CPU reports; a cap on oneDNN's instruction set is named beside it, since the
+    # bf16 path was then chosen under that cap
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"{report.capability}, {units}" + (f", oneDNN capped at {cap}" if cap else "") + "; bf16 GEMMs "
+            + ("native" if native else "as float32 GEMMs (half_math)")
             + f", linear_proj {'bf16-input GEMM' if islands == 'bf16-inputs' else 'float32 GEMM'}")
 
 
