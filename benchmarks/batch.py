@@ -88,7 +88,8 @@ def main() -> None:
     for b in args.batch[1:]:
         r = results[b]
         # with 2 chunks or fewer no clean chunk is cached while sampling: a ratio of two empty caches means nothing
-        kv = f"{r['kv_peak_mb'] / first['kv_peak_mb']:.2f}x" if first["kv_peak_mb"] > 0 else f"- (empty at B={args.batch[0]})"
+        empty = f"- (empty at B={args.batch[0]})"
+        kv = f"{r['kv_peak_mb'] / first['kv_peak_mb']:.2f}x" if first["kv_peak_mb"] > 0 else empty
         body += (f"\n\nB={b} against B={args.batch[0]}: time per video "
                  f"{(r['seconds'] / b) / (first['seconds'] / args.batch[0]):.2f}x, KV cache {kv}, RSS growth "
                  f"{(r['peak_rss_mb'] - r['rss_before_mb']) / max(first['peak_rss_mb'] - first['rss_before_mb'], 1):.2f}x.")

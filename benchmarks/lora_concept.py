@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -159,9 +158,11 @@ def main() -> int:
     base_loss, lora_loss = fixed_batch_losses(data, lora, args.eval_batches)
     print(f"loss on the training clips, the same {args.eval_batches} batches: LoRA scale 0 (base) {base_loss:.4f}, "
           f"scale 1 {lora_loss:.4f}")
-    if seconds is not None:
-        print(f"training (scan, cache, {args.steps} steps, one sample) took {seconds / 60:.1f} min, "
-              f"{os.cpu_count()} CPUs on this machine")
+    if seconds is not None:  # with the machine it was timed on: the CPU and its bf16 path
+        from common import machine_line
+
+        print(f"training (scan, cache, {args.steps} steps, one sample) took {seconds / 60:.1f} min on "
+              f"{machine_line()}")
     print("\n| prompt | LoRA scale | cyan-hue pixels (mean of seeds) | cyan RGB-exact | red-hue pixels |\n"
           "|---|---|---|---|---|")
     for prompt, scale, cyan, cyan_rgb, red in table:
@@ -171,4 +172,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import run_main
+
+    run_main(main)
