@@ -169,3 +169,15 @@ def test_magi1_plan_odd_amounts_and_flags_the_plan_would_ignore_are_one_sentence
     assert "window_size 1" not in host.stdout
     trained = _plan("--train", "lora", "--lora_rank", "4")
     assert trained.returncode == 0 and "rank 4 on attn,mlp" in trained.stdout
+
+
+def test_bf16_weights_asked_of_an_fp8_checkpoint_are_refused_not_ignored():
+    from magi1.pipeline import MagiPipeline
+
+    run = _plan("--config_file", "4.5B_distill_quant", "--weights", "bf16")
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "magi1 plan: error: weights bf16 asks for bf16 weights, but this config's checkpoint is stored in fp8 "
+        "(engine_config.fp8_quant): use the variant without _quant, or weights auto"], run.stderr
+    with pytest.raises(InputError, match="checkpoint is stored in fp8"):  # before any weights are looked for
+        MagiPipeline.from_pretrained(load_config("4.5B_distill_quant"), weights="bf16")
+    assert _plan("--config_file", "4.5B_distill_quant", "--weights", "fp8").returncode == 0

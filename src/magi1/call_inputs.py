@@ -135,6 +135,10 @@ def check_load_options(name_or_path, *, offload, weights, blocks_on_device) -> N
         raise InputError(f"offload must be one of {', '.join((*OFFLOAD_MODES, 'auto'))}, got {offload!r}")
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    if weights == "bf16" and isinstance(name_or_path, _magi_config()) and name_or_path.engine_config.fp8_quant:
+        from .memory.planner import FP8_CHECKPOINT_NOT_BF16
+
+        raise InputError(FP8_CHECKPOINT_NOT_BF16)
     if blocks_on_device is None:  # not given: 2 wherever block offload runs
         return
     if isinstance(blocks_on_device, bool) or not isinstance(blocks_on_device, numbers.Integral) \

@@ -149,7 +149,14 @@ def parse_memory(text: str) -> int:
 def uses_fp8(config: MagiConfig, weights: str = "auto") -> bool:
     if weights not in WEIGHT_FORMATS:
         raise InputError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    if weights == "bf16" and config.engine_config.fp8_quant:
+        raise InputError(FP8_CHECKPOINT_NOT_BF16)
     return config.engine_config.fp8_quant or weights == "fp8"
+
+
+# bf16 asked of an fp8 checkpoint was taken silently (the plan and the run kept fp8 weights).
+FP8_CHECKPOINT_NOT_BF16 = ("weights bf16 asks for bf16 weights, but this config's checkpoint is stored in fp8 "
+                           "(engine_config.fp8_quant): use the variant without _quant, or weights auto")
 
 
 def plan_memory(config: MagiConfig, shape: RunShape | None = None, *, dtype: torch.dtype = torch.bfloat16,
