@@ -80,6 +80,8 @@ def test_eval_quality_and_prompts_mistakes_are_one_line_before_the_model_loads(t
         (["quality", *missing, "--save_frames", "afile"], "--save_frames afile is a file, not a folder"),
         (["prompts", "--threshold", "2"], "argument --threshold: must be a share of frames above 0 and at most 1"),
         (["prompts", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        (["prompts", "--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+        (["quality", "--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
         (["prompts", "--prompts"], "argument --prompts: expected at least one argument"),
         (["prompts", *missing, "--prompts", " "], "--prompts has an empty prompt"),
         (["prompts", *missing, "--save_frames", "afile/sheets"], "--save_frames afile/sheets cannot be made"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..arg_types import positive_int
+from ..arg_types import non_negative_int, positive_int
 from ..errors import InputError
 from ..train.captions import KNOWN_SHAPES
 from .persistence import COUNT_WORDS, named_colours, object_counts
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_file", default="demo", help="model to evaluate (preset or official config JSON)")
     p.add_argument("--prompts", nargs="+", default=None,
                    help="prompts to try (seed 0); default: the README's examples and newcomer phrasings")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=non_negative_int, default=None,
                    help="run every prompt at this seed (default: the seed listed with each prompt)")
     p.add_argument("--num_frames", type=positive_int, default=96)
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default: the config's)")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..arg_types import positive_int
+from ..arg_types import non_negative_int, positive_int
 from ..errors import InputError
 from .persistence import PersistenceReport, persistence
 from .smoothness import group_boundary_ratio
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per t2v video and per v2v continuation")
     p.add_argument("--modes", nargs="+", default=["t2v", "v2v"], choices=["t2v", "v2v"])
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default: the config's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--save_frames", default=None, help="folder for a contact sheet PNG per run")
     return p
