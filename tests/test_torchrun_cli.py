@@ -100,3 +100,24 @@ def test_an_impossible_layout_is_one_line_from_every_rank(tmp_path):
         assert "WORLD_SIZE is 2" in line and "num_attention_heads (4) is not divisible by engine_config.cp_size (3)" \
             in line
     assert "\n  model num_attention_heads" not in done.stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_offload_under_torchrun_is_refused_before_any_weights_are_read(tmp_path):
+    """Every rank used to load the whole model first: here loading the DiT says so, loudly."""
+    script = tmp_path / "generate_without_loading.py"
+    script.write_text(
+        "import sys\n"
+        "import magi1.checkpoint.loader as loader\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise SystemExit('the DiT was loaded')\n"
+        "loader.load_dit = refuse\n"
+        "from magi1.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
+                           *COMMON, "--set", "engine_config.pp_size=2", "--offload", "blocks",
+                           "--output_path", str(tmp_path / "x.mp4")], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode != 0 and "the DiT was loaded" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("magi1 generate: error: weight offload runs in one process; under torchrun each rank "
+                             "keeps its own share on its device") == 2, done.stderr[-2000:]

@@ -26,6 +26,9 @@ from .sizes import t5_parameters
 
 logger = logging.getLogger(__name__)
 
+NO_OFFLOAD_UNDER_TORCHRUN = ("weight offload runs in one process; under torchrun each rank keeps its own share "
+                             "on its device: drop the offload, or split the layers with engine_config.pp_size")
+
 
 def disable_offload(pipe) -> None:
     """Bring everything back to the compute device and remove the hooks."""
@@ -50,7 +53,7 @@ def enable_offload(pipe, mode: str, *, blocks_on_device: int | None = DEFAULT_BL
     if mode not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
     if getattr(pipe, "parallel", None) is not None and mode != "none":
-        raise InputError("weight offload runs in one process; under torchrun each rank keeps its own stage")
+        raise InputError(NO_OFFLOAD_UNDER_TORCHRUN)
     disable_offload(pipe)
     compute = torch.device(device) if device is not None else torch.device(pipe.device)
     if mode == "none":
@@ -134,6 +137,10 @@ def plan_for_run(config, *, device: torch.device, dtype: torch.dtype | None, off
     """
     from ..runtime import default_dtype_for, free_memory_bytes, is_accelerator
 
+    # Said before any weights load (it came after every rank had loaded the whole model).
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        raise InputError(NO_OFFLOAD_UNDER_TORCHRUN)
     dtype = dtype or default_dtype_for(device)
     shape = RunShape.from_config(config)
     kwargs = dict(dtype=dtype, accelerator=is_accelerator(device), weights=weights, components=components_for(config))
