@@ -114,24 +114,33 @@ FORK_DRIVER = """
 import json, os, sys, tempfile
 from magi1.cli import main
 import numpy, PIL.Image, av, magi1.preflight, magi1.io.video, magi1.io.image, magi1.prompting.cli  # shared by the children
+import torch, magi1.config, magi1.runtime, magi1.resume  # most refusals read a config: imported once, not per child
+def start(argv):
+    err = tempfile.TemporaryFile("w+")
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(err.fileno(), 2)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        code = 1
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid, err
+
+def finish(pid, err):
+    _, status = os.waitpid(pid, 0)
+    err.seek(0)
+    return [os.waitstatus_to_exitcode(status), err.read()]
+
+argvs = json.load(sys.stdin)
 results = []
-for argv in json.load(sys.stdin):
-    with tempfile.TemporaryFile("w+") as err:
-        pid = os.fork()
-        if pid == 0:
-            os.dup2(err.fileno(), 2)
-            sys.stderr = os.fdopen(2, "w", buffering=1)
-            code = 1
-            try:
-                code = main(argv)
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        err.seek(0)
-        results.append([os.waitstatus_to_exitcode(status), err.read()])
+for first in range(0, len(argvs), 2):  # two children at a time: one per core
+    running = [start(argv) for argv in argvs[first:first + 2]]
+    results += [finish(pid, err) for pid, err in running]
 print(json.dumps(results))
 """
 

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -405,19 +406,22 @@ def test_train_lora_refuses_an_out_folder_it_would_spoil_before_any_work(tiny_mo
 
     # A model's folder (--full would overwrite its config.json), the clips folder itself (the next scan would
     # read the cache and logs as clips), a folder of the clips: refused in one sentence, nothing written.
-    for out, expected in ((vae_folder, "already holds files that are not a `magi1 train lora` run (config.json"),
-                          (data, "is inside --data"), (data / "lora", "is inside --data")):
-        done = train(out, "--full")
+    spoiled = ((vae_folder, "already holds files that are not a `magi1 train lora` run (config.json"),
+               (data, "is inside --data"), (data / "lora", "is inside --data"))
+    # Numbers that only a sample would have used, and thread counts, are refused by argparse too.
+    numbers = (("--sample_frames", "0"), ("--sample_steps", "0"), ("--threads", "0"), ("--threads", "-2"))
+    runs = [(out, "--full") for out, _ in spoiled] + [(tmp_path / "lora", "--cache_dir", str(data / "cache"))]
+    runs += [(tmp_path / "lora", flag, value) for flag, value in numbers]
+    with ThreadPoolExecutor(2) as pool:  # independent refusals: two at a time keeps the suite short
+        results = list(pool.map(lambda run: train(*run), runs))
+    for (_, expected), done in zip(spoiled, results):
         assert done.returncode == 2 and expected in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in vae_folder.iterdir()) == before
     assert sorted(p.name for p in data.iterdir()) == ["clip0.mp4", "clip0.txt"]
-    done = train(tmp_path / "lora", "--cache_dir", str(data / "cache"))
+    done = results[len(spoiled)]
     assert done.returncode == 2 and "--cache_dir" in done.stderr and "is inside --data" in done.stderr
-    # Numbers that only a sample would have used, and thread counts, are refused by argparse too.
-    for flag, value in (("--sample_frames", "0"), ("--sample_steps", "0"), ("--threads", "0"),
-                        ("--threads", "-2")):
-        done = train(tmp_path / "lora", flag, value)
+    for (flag, _), done in zip(numbers, results[len(spoiled) + 1:]):
         assert done.returncode == 2 and f"argument {flag}: must be at least 1" in done.stderr, done.stderr
     assert not (tmp_path / "lora").exists()
 

@@ -158,16 +158,19 @@ def test_magi1_plan_odd_amounts_and_flags_the_plan_would_ignore_are_one_sentence
         ("--train", "full", "--lora_rank", "8"): "--lora_rank is read only by --train lora, not by --train full: drop it",
         ("--lora_rank", "8"): "--lora_rank is read only by --train lora: drop it or add --train lora",
     }
-    for argv, expected in refused.items():
-        run = _plan(*argv)
+    accepted = [("--memory", "1KB"), ("--config_file", "4.5B_distill", "--memory", "4GB", "--host_memory", "16GB"),
+                ("--train", "lora", "--lora_rank", "4")]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # independent runs: two at a time keeps the suite short
+        runs = list(pool.map(lambda argv: _plan(*argv), [*refused, *accepted]))
+    for expected, run in zip(refused.values(), runs):
         assert run.returncode == 2 and run.stderr.splitlines() == [f"magi1 plan: error: {expected}"], run.stderr
-    tiny = _plan("--memory", "1KB")
+    tiny, host, trained = runs[len(refused):]
     assert tiny.returncode == 0 and "there is 1.0 KiB free on the device" in tiny.stdout  # was "0.0 MiB"
     # Host memory short, the device not: the advice is about host memory, not the window.
-    host = _plan("--config_file", "4.5B_distill", "--memory", "4GB", "--host_memory", "16GB")
     assert "host memory is what is short: free some, or use fp8 weights" in host.stdout
     assert "window_size 1" not in host.stdout
-    trained = _plan("--train", "lora", "--lora_rank", "4")
     assert trained.returncode == 0 and "rank 4 on attn,mlp" in trained.stdout
 
 

@@ -543,8 +543,11 @@ def test_low_level_trainers_refuse_bad_inputs_in_one_line_before_any_work(tiny_m
         (["dit", "--config", config, "--text-encoder", str(tmp_path / "no_t5"), "--latents", str(cache), *loop],
          "--text-encoder: T5 text encoder not found"),
     ]
-    for argv, expected in cases:
-        done = _magi1_train(*argv, cwd=tmp_path)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # independent refusals: two at a time keeps the suite short
+        results = list(pool.map(lambda case: _magi1_train(*case[0], cwd=tmp_path), cases))
+    for (argv, expected), done in zip(cases, results):
         assert done.returncode == 2, (argv, done.stderr[-1500:])
         lines = done.stderr.strip().splitlines()
         assert "Traceback" not in done.stderr and expected in lines[-1] and "error:" in lines[-1], (argv, lines)
