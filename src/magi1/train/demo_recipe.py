@@ -43,6 +43,7 @@ import torch
 from ..config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
 from .demo_vae import fold_latent_scale, inference_encoders, save_vae  # noqa: F401  (re-exported)
 from .loop import LoopSettings, run_loop
+from .resume import refuse_other_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEMO_DIR = PACKAGE_DIR / "demo"
@@ -209,18 +210,8 @@ class DemoRecipe:
         of one run under a DiT of another, a schedule cut short), so that is refused, naming what changed.
         Returns the settings to record in the workdir."""
         wanted = json.loads(json.dumps({k: v for k, v in asdict(self.s).items() if k not in RUN_ONLY_SETTINGS}))
-        stored = self._read_json(SETTINGS_FILE, None)
-        if stored is not None and self._read_json("results.json", {}):
-            changed = [k for k in wanted if k in stored and stored[k] != wanted[k]]
-            if changed:
-                def shown(value) -> str:
-                    return "none" if value is None else str(value)
-
-                listed = "; ".join(f"--{k.replace('_', '-')}: {shown(stored[k])} there, {shown(wanted[k])} now"
-                                   for k in changed[:3])
-                more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-                raise ValueError(f"--workdir {self.work} holds stages trained with other settings ({listed}{more}); "
-                                 f"resume it with the settings it was started with, or give a new --workdir")
+        refuse_other_settings(self.work, wanted, has_state=bool(self._read_json("results.json", {})), what="--workdir",
+                              settings_file=SETTINGS_FILE, holds="stages trained", listed_at_most=3)
         return wanted
 
     def _check_previous_dit_fits(self) -> None:

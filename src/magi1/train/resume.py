@@ -89,7 +89,7 @@ def load_state(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
 
 
 def refuse_other_settings(folder: str | Path, settings: dict, *, has_state: bool, what: str, flag_style: str = "-",
-                          settings_file: str = "train_args.json") -> None:
+                          settings_file: str = "train_args.json", holds: str = "a run", listed_at_most: int = 4) -> None:
     """A resumable folder holds one run: continuing it under other settings would train something else (another
     schedule, other data, weights of another shape), so that is refused, naming each changed flag and both
     values. Records `settings` in the folder otherwise. `settings` must be JSON-able (paths made absolute)."""
@@ -104,9 +104,9 @@ def refuse_other_settings(folder: str | Path, settings: dict, *, has_state: bool
                 return "none" if value is None else str(value)
 
             listed = "; ".join(f"--{k.replace('_', flag_style)}: {shown(stored[k])} there, {shown(wanted[k])} now"
-                               for k in changed[:4])
-            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-            raise ValueError(f"{what} {folder} holds a run with other settings ({listed}{more}); resume it with the "
+                               for k in changed[:listed_at_most])
+            more = f" and {len(changed) - listed_at_most} more" if len(changed) > listed_at_most else ""
+            raise ValueError(f"{what} {folder} holds {holds} with other settings ({listed}{more}); resume it with the "
                              f"settings it was started with, or give a new {what}")
     elif has_state:
         return  # a state from before settings were recorded: what it was trained with is not known
